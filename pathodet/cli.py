@@ -1,0 +1,241 @@
+"""The ``pathodet`` command line: one typer app, one subcommand group per stage.
+
+Every command turns library errors (bad dataset, bad config) into one clear line on
+stderr and exit code 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from pathodet import __version__
+from pathodet.config import ConfigError, load_config
+
+app = typer.Typer(
+    help="pathodet: signet ring cell detection in H&E images with partial annotation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect, split and transform DigestPath-layout datasets.")
+app.add_typer(data_app, name="data")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"pathodet: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report the library's user-facing errors as one line, exit code 2."""
+    from pathodet.data.digestpath import DatasetError
+
+    try:
+        yield
+    except (DatasetError, ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr with ETA; yields ``update(done, total)``."""
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@data_app.command("summary")
+def data_summary(
+    root: Annotated[Path, typer.Argument(help="DigestPath root or manifest CSV.")],
+) -> None:
+    """Print one JSON object describing the dataset; exit 0 while it is usable.
+
+    Every unreadable image, malformed XML or bad box is listed under "problems" with its
+    file; boxes partly outside their image are clipped and counted.
+    """
+    from pathodet.data.digestpath import load_records, load_samples, summarize
+
+    with _user_errors():
+        records = load_records(root)
+        samples, problems = load_samples(records)
+        summary = summarize(samples, problems)
+    typer.echo(json.dumps(summary, indent=2))
+    if not summary["usable"]:
+        typer.echo("pathodet: dataset is not usable: no readable AP image with a box", err=True)
+        raise typer.Exit(1)
+
+
+@data_app.command("folds")
+def data_folds(
+    root: Annotated[Path, typer.Argument(help="DigestPath root or manifest CSV.")],
+    k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
+    out: Annotated[
+        Path,
+        typer.Option(help="Manifest CSV to write (image, attribute, annotation, slide_id, fold)."),
+    ] = Path("folds.csv"),
+) -> None:
+    """Split images into K folds grouped by slide (a slide never spans two folds)."""
+    from pathodet.data.digestpath import load_records, write_manifest
+    from pathodet.data.folds import assign_folds, fold_summary
+
+    with _user_errors():
+        records = assign_folds(load_records(root), k=k, seed=seed)
+        write_manifest(out, records)
+    typer.echo(
+        json.dumps(
+            {"manifest": str(out), "k": k, "seed": seed, "folds": fold_summary(records)}, indent=2
+        )
+    )
+
+
+@data_app.command("drop")
+def data_drop(
+    root: Annotated[Path, typer.Argument(help="DigestPath root to read.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the dropped copy into.")],
+    rate: Annotated[float, typer.Option(help="Fraction of each AP image's boxes to remove.")],
+    seed: Annotated[int, typer.Option(help="Seed; same seed, same removed boxes.")] = 0,
+) -> None:
+    """Write a copy with a fraction of annotations removed (images hard-linked)."""
+    from pathodet.data.drop import drop_annotations
+
+    with _user_errors():
+        report = drop_annotations(root, out, rate=rate, seed=seed)
+    report.pop("images")
+    typer.echo(json.dumps(report, indent=2))
+
+
+@data_app.command("tiles")
+def data_tiles(
+    root: Annotated[Path, typer.Argument(help="DigestPath root or manifest CSV.")],
+    config: Annotated[Path | None, typer.Option(help="Config YAML (data.tiling).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override, key=value.")] = [],  # noqa: B006
+    save: Annotated[int, typer.Option(help="Save this many tiles with boxes drawn.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for saved tiles.")] = Path("tiles"),
+) -> None:
+    """Count the sliding-window tiles of a dataset (and save a few to look at)."""
+    from pathodet.data.digestpath import load_records, load_samples
+    from pathodet.data.tiling import TileDataset
+
+    with _user_errors():
+        cfg = load_config(config, set_).data.tiling
+        samples, problems = load_samples(load_records(root), verify_image=False)
+        tiles = TileDataset(samples, cfg.tile_size, cfg.stride, cfg.min_visible)
+        attrs = tiles.attributes()
+        n_boxes = 0
+        if save:
+            from pathodet.data.io import atomic_write_image
+            from pathodet.data.overlay import draw_boxes
+
+            step = max(1, len(tiles) // save)
+            for k in range(0, len(tiles), step)[:save]:
+                item = tiles[k]
+                n_boxes += len(item["boxes"])
+                x1, y1 = item["window"][:2]
+                name = f"{Path(item['name']).stem}-x{x1}-y{y1}-{item['attribute']}.png"
+                atomic_write_image(
+                    out / name, draw_boxes(item["image"], item["boxes"], (0, 200, 0))
+                )
+    typer.echo(
+        json.dumps(
+            {
+                "images": len(samples),
+                "tiles": len(tiles),
+                "AP_tiles": attrs.count("AP"),
+                "NP_tiles": attrs.count("NP"),
+                "tiling": cfg.model_dump(),
+                "saved": min(save, len(tiles)),
+                "problems": [p.as_dict() for p in problems],
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command("synth")
+def synth(
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write the DigestPath-layout dataset into.")
+    ],
+    positive: Annotated[int, typer.Option(help="Number of AP images.")] = 20,
+    negative: Annotated[int, typer.Option(help="Number of NP images.")] = 60,
+    size: Annotated[
+        int, typer.Option(help="Image side in pixels (about; real data ~2000).")
+    ] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed; same seed, same files.")] = 0,
+    annotate_rate: Annotated[
+        float, typer.Option(help="Fraction of SRCs the simulated pathologist boxes.")
+    ] = 0.5,
+    images_per_slide: Annotated[
+        int, typer.Option(help="Images cut from each synthetic slide.")
+    ] = 3,
+) -> None:
+    """Write a synthetic DigestPath-like dataset with known full truth (full-annotations/)."""
+    from pathodet.data.synth import write_synthetic_dataset
+
+    if positive < 0 or negative < 0 or size < 64:
+        _fail("--positive and --negative must be >= 0 and --size >= 64")
+    with _user_errors(), _progress("synth") as update:
+        report = write_synthetic_dataset(
+            out,
+            positive=positive,
+            negative=negative,
+            size=size,
+            seed=seed,
+            annotate_rate=annotate_rate,
+            images_per_slide=images_per_slide,
+            progress=update,
+        )
+    totals = report.get("totals", {})
+    typer.echo(json.dumps({"out": str(out), **totals}, indent=2))
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Output folder (only its own files are overwritten).")
+    ] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Run the pipeline end to end on synthetic data (data stage for now)."""
+    from pathodet.demo import run_demo
+
+    with _user_errors():
+        run_demo(out, seed=seed, echo=typer.echo)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="pathodet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: DigestPath reader, manifests, tiling, folds, label dropping, synthetic data."""

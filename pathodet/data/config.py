@@ -1,0 +1,45 @@
+"""Typed configuration of the data stage (the ``data:`` section of a config file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TilingConfig(Strict):
+    """Sliding windows over an image (paper section 4.2: 800x800, stride 300)."""
+
+    tile_size: int = Field(800, gt=0, description="window side, pixels")
+    stride: int = Field(300, gt=0, description="window step, pixels")
+    min_visible: float = Field(
+        0.5, ge=0.0, le=1.0, description="keep a box when this fraction of its area is inside"
+    )
+
+
+class DataConfig(Strict):
+    """Where the data is and how it is cut.
+
+    ``root`` is a DigestPath-layout folder or a manifest CSV; ``folds`` a manifest CSV with a
+    ``fold`` column written by ``pathodet data folds`` (optional).
+    """
+
+    root: Path | None = None
+    folds: Path | None = None
+    held_out_fold: int = Field(0, ge=0)
+    tiling: TilingConfig = TilingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.tiling.stride > self.tiling.tile_size:
+            raise ValueError(
+                f"tiling.stride ({self.tiling.stride}) larger than tiling.tile_size "
+                f"({self.tiling.tile_size}) would skip pixels"
+            )
+        return self

@@ -1,0 +1,74 @@
+"""Small file helpers shared by every writer: atomic writes and hard links.
+
+Every output pathodet writes goes through :func:`atomic_write_bytes` (or its text
+and image wrappers) so that a killed run never leaves a half-written file behind:
+the content goes to a temporary file in the same folder, is flushed to disk, and
+is renamed over the target in one step.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_image(path: str | os.PathLike[str], rgb: np.ndarray, *, quality: int = 90) -> Path:
+    """Encode an ``(H, W, 3)`` uint8 RGB array as JPEG or PNG (by suffix) and write it atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    buf = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    if suffix in (".jpg", ".jpeg"):
+        image.save(buf, format="JPEG", quality=quality)
+    elif suffix == ".png":
+        image.save(buf, format="PNG")
+    else:
+        raise ValueError(f"{path}: unsupported image suffix {suffix!r} (use .jpeg, .jpg or .png)")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> str:
+    """Hard-link ``src`` to ``dst`` (replacing ``dst``), copying when linking is impossible.
+
+    Returns ``"link"`` or ``"copy"`` so callers can report what happened.
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        how = "link"
+    except OSError:  # other filesystem, or links not supported
+        shutil.copy2(src, tmp)
+        how = "copy"
+    os.replace(tmp, dst)
+    return how
