@@ -1,0 +1,34 @@
+"""Focal loss (eq. 4; Lin et al.): ``alpha_t * g**gamma * CE``."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from pathodet.losses.common import bce, check_flat, positive_count, reduce_weighted
+
+
+def focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+    normalizer: Tensor | float | None = None,
+) -> Tensor:
+    """Sigmoid focal loss summed over elements and divided by the number of positives.
+
+    ``alpha`` weighs foreground (``1 - alpha`` background); the modulating factor uses the
+    gradient norm ``g = |p - t|`` so soft targets work too. ``alpha < 0`` disables it.
+
+    Args:
+        logits, targets: ``(N,)``. weight: optional ``(N,)``. normalizer: see ``ce_loss``.
+    """
+    check_flat(logits, targets, weight)
+    t = targets.float()
+    p = logits.float().sigmoid()
+    g = (p - t).abs()
+    loss = bce(logits, t) * g.pow(gamma)
+    if alpha >= 0:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    norm = positive_count(targets) if normalizer is None else normalizer
+    return reduce_weighted(loss, weight, norm)
