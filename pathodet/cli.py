@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect, split and transform DigestPath-layout datasets.")
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Benchmarks and figures (long; not part of make test).")
+app.add_typer(bench_app, name="bench")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -231,6 +233,51 @@ def demo(
 
     with _user_errors():
         run_demo(out, seed=seed, echo=typer.echo)
+
+
+@bench_app.command("loss-overhead")
+def bench_loss_overhead(
+    out: Annotated[Path, typer.Option(help="Folder for loss-overhead.json.")] = Path(
+        "docs/benchmarks"
+    ),
+    batch: Annotated[int, typer.Option(help="Tiles per step.")] = 8,
+    size: Annotated[int, typer.Option(help="Tile side, pixels.")] = 600,
+    repeats: Annotated[int, typer.Option(help="Timed steps per loss.")] = 5,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "bf16",
+) -> None:
+    """Time a training step with each loss against focal loss on the same batch."""
+    from pathodet.bench.loss_overhead import measure
+    from pathodet.data.io import atomic_write_text
+
+    if precision not in ("fp32", "bf16"):
+        _fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    result = measure(
+        ["ce", "ghm", "sce", "dghm", "dghm_star", "oss", "cleanliness"],
+        batch=batch,
+        size=size,
+        repeats=repeats,
+        precision=precision,  # type: ignore[arg-type]
+    )
+    text = json.dumps(result, indent=2)
+    atomic_write_text(out / "loss-overhead.json", text + "\n")
+    typer.echo(text)
+
+
+@bench_app.command("grad-hist")
+def bench_grad_hist(
+    out: Annotated[Path, typer.Option(help="Folder for grad-hist.png/json.")] = Path(
+        "docs/benchmarks/grad-hist"
+    ),
+    steps: Annotated[int, typer.Option(help="Training steps before measuring.")] = 150,
+    loss: Annotated[str, typer.Option(help="Loss to train with (the paper uses ce).")] = "ce",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Train briefly on synthetic data and plot g histograms for AP_P / AP_N / NP_N."""
+    from pathodet.bench.grad_hist import gradient_histograms
+
+    with _user_errors(), _progress("grad-hist") as _:
+        result = gradient_histograms(out, steps=steps, loss=loss, seed=seed)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "bin_edges"}))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -163,7 +163,8 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ImageRecord]:
         raise DatasetError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
     base = path.parent
     records = []
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # physical line: blank lines are skipped but still counted
         image = (row.get("image") or "").strip()
         attribute = (row.get("attribute") or "").strip().upper()
         if not image:
@@ -360,6 +361,7 @@ def load_sample(
             )
         )
         boxes = np.zeros((0, 4), np.float32)
+        n_clipped = 0  # ignored boxes are not counted as clipped ones either
     return Sample(record, width, height, boxes, n_clipped, problems)
 
 

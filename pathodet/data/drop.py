@@ -48,7 +48,8 @@ def choose_dropped(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask ``(n,)`` of boxes to remove: exactly ``round(rate * n)`` of them (half up)."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"drop rate must be in [0, 1], got {rate}")
-    n_drop = int(np.floor(rate * n + 0.5))
+    # the epsilon undoes float error in the product: 0.29 * 50 is 14.499999999999998, not 14.5
+    n_drop = min(n, int(np.floor(rate * n + 0.5 + 1e-9)))
     mask = np.zeros(n, bool)
     mask[rng.choice(n, size=n_drop, replace=False)] = True
     return mask

@@ -21,8 +21,9 @@ def assign_folds(records: Sequence[ImageRecord], k: int = 5, seed: int = 0) -> l
     """Return the records with ``fold`` set in ``0..k-1``; one slide never spans two folds.
 
     Slides are shuffled with ``seed``, then placed largest first, each into the fold where
-    it keeps the AP and NP counts most even (greedy bin balancing). Deterministic for a
-    given seed and set of records, whatever their order.
+    it keeps the AP and NP counts most even (greedy: least growth of the sum of squared
+    per-fold AP and NP shares). Deterministic for a given seed and set of records, whatever
+    their order.
 
     Raises:
         ValueError: ``k < 2`` or fewer slides than folds.
@@ -48,8 +49,10 @@ def assign_folds(records: Sequence[ImageRecord], k: int = 5, seed: int = 0) -> l
     fold_of: dict[str, int] = {}
     for s in order:
         n_ap, n = counts[s]
-        cost = (ap_load + n_ap) / total_ap + (np_load + n - n_ap) / total_np
-        # prefer the fold whose resulting load is smallest; ties go to the emptier fold
+        # Growth of sum_f (ap_f / total_ap)^2 + (np_f / total_np)^2 when the slide joins fold f
+        # (constant terms dropped): balances AP and NP each, not only their sum.
+        cost = n_ap * ap_load / total_ap**2 + (n - n_ap) * np_load / total_np**2
+        # ties (e.g. empty folds) go to the emptier fold, then the lowest index
         best = min(range(k), key=lambda f: (round(cost[f], 12), ap_load[f] + np_load[f], f))
         fold_of[s] = best
         ap_load[best] += n_ap

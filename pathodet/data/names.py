@@ -43,7 +43,10 @@ def parse_digestpath_name(stem: str) -> DigestPathName:
     m = _NAME.match(stem)
     if m is None:
         return DigestPathName(slide_id=stem, scan_time=None)
-    scan = datetime.strptime(f"{m['date']} {m['time']}", "%Y-%m-%d %H_%M_%S")
+    try:
+        scan: datetime | None = datetime.strptime(f"{m['date']} {m['time']}", "%Y-%m-%d %H_%M_%S")
+    except ValueError:  # looks like a date but is none (e.g. 2019-02-31): keep the slide id
+        scan = None
     pos = (
         {k: int(m[k]) for k in ("level", "x", "y")} | {"width": int(m["w"]), "height": int(m["h"])}
         if m["level"] is not None

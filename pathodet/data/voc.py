@@ -131,20 +131,26 @@ def voc_xml(
     name: str = SRC_NAME,
 ) -> str:
     """Render a VOC XML document for ``boxes`` (``(N, 4)`` pixels) of one image."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes)
+    if boxes.dtype not in (np.float32, np.float64):
+        boxes = boxes.astype(np.float64)
+    boxes = boxes.reshape(-1, 4)
     lines = [
         "<annotation>",
         f"  <filename>{escape(filename)}</filename>",
         f"  <size><width>{int(width)}</width><height>{int(height)}</height><depth>3</depth></size>",
     ]
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
+    for i, box in enumerate(boxes):
+        # shortest text that reads back to the same value of the array's dtype (``:g`` kept
+        # only 6 digits: 1234.5678 became 1234.57)
+        x1, y1, x2, y2 = (np.format_float_positional(v, unique=True, trim="-") for v in box)
         lines.append("  <object>")
         lines.append(f"    <name>{escape(name)}</name>")
         if scores is not None:
             lines.append(f"    <score>{float(scores[i]):.6f}</score>")
         lines.append(
-            f"    <bndbox><xmin>{x1:g}</xmin><ymin>{y1:g}</ymin>"
-            f"<xmax>{x2:g}</xmax><ymax>{y2:g}</ymax></bndbox>"
+            f"    <bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox>"
         )
         lines.append("  </object>")
     lines.append("</annotation>")
