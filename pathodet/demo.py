@@ -43,7 +43,13 @@ def run_demo(
     data = out / "data"
     echo(f"[1/4] synthesizing {positive} AP + {negative} NP images ({size} px) into {data}")
     write_synthetic_dataset(
-        data, positive=positive, negative=negative, size=size, seed=seed, annotate_rate=0.5
+        data,
+        positive=positive,
+        negative=negative,
+        size=size,
+        seed=seed,
+        annotate_rate=0.5,
+        images_per_slide=2,
     )
     records = load_records(data)
     samples, problems = load_samples(records)
@@ -81,7 +87,9 @@ def run_demo(
         "# pathodet demo (data stage)\n\n"
         f"- images: {summary['positive_images']} AP, {summary['negative_images']} NP; "
         f"{summary['boxes']} annotated SRC boxes; {len(tiles)} tiles of 800 px\n"
-        f"- folds: {folds}\n"
+        "- folds (grouped by slide): "
+        + ", ".join(f"fold {f['fold']}: {f['AP']} AP / {f['NP']} NP" for f in folds)
+        + "\n"
         f"- 50% drop: kept {dropped['kept_boxes']}, removed {dropped['removed_boxes']}\n\n"
         "![AP image: yellow = every SRC drawn, green = annotated](overlay-ap.png)\n",
     )

@@ -1,0 +1,1 @@
+"""Benchmarks and figure scripts, run with ``pathodet bench ...`` (kept out of ``make test``)."""

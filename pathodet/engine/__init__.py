@@ -1,0 +1,1 @@
+"""Training and prediction loops (the training engine lands with the training issue)."""
