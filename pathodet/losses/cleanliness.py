@@ -55,7 +55,8 @@ def cleanliness_loss(
     check_flat(logits, soft_targets, weight)
     t = soft_targets.float()
     p = logits.float().sigmoid()
-    loss = bce(logits, t) * (p - t).abs().pow(focal_gamma)
+    # g clamped away from 0, as in focal_loss: no NaN gradient for focal_gamma < 1
+    loss = bce(logits, t) * (p - t).abs().clamp(min=1e-12).pow(focal_gamma)
     if focal_alpha >= 0:
         is_pos = (t > 0).float()
         loss = loss * (focal_alpha * is_pos + (1 - focal_alpha) * (1 - is_pos))

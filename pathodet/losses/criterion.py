@@ -41,6 +41,7 @@ class AnchorBatch:
         iou: ``(N,)`` max IoU with the annotated boxes of the anchor's image.
         prior_score: ``(N,)`` scores of a first-round detector (score soft sampling) or None.
         reduce: sums statistics across processes (DDP), or None.
+        ghm_acc_sum: ``(bins,)`` GHM-C moving bin counts, updated in place (momentum > 0).
     """
 
     logits: Tensor
@@ -49,6 +50,7 @@ class AnchorBatch:
     iou: Tensor
     prior_score: Tensor | None = None
     reduce: CountReduce | None = None
+    ghm_acc_sum: Tensor | None = None
 
 
 def _base(batch: AnchorBatch, cfg: LossConfig, weight: Tensor) -> Tensor:
@@ -81,7 +83,9 @@ ClassificationLoss = Callable[[AnchorBatch, LossConfig], Tensor]
 CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {
     "ce": lambda b, c: ce_loss(b.logits, b.targets),
     "focal": lambda b, c: focal_loss(b.logits, b.targets, c.focal.alpha, c.focal.gamma),
-    "ghm": lambda b, c: ghm_c_loss(b.logits, b.targets, c.ghm.bins, reduce=b.reduce),
+    "ghm": lambda b, c: ghm_c_loss(
+        b.logits, b.targets, c.ghm.bins, c.ghm.momentum, b.ghm_acc_sum, reduce=b.reduce
+    ),
     "sce": lambda b, c: sce_loss(b.logits, b.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero),
     "dghm": lambda b, c: dghm_c_loss(
         b.logits,
@@ -135,6 +139,7 @@ def detection_loss(
     assign: AssignConfig | None = None,
     prior_scores: Tensor | None = None,
     reduce: CountReduce | None = None,
+    ghm_acc_sum: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Classification and regression loss of a mini-batch.
 
@@ -145,6 +150,8 @@ def detection_loss(
         cfg: the loss section. assign: anchor labelling thresholds.
         prior_scores: ``(B, A)`` scores of a first-round detector (score soft sampling).
         reduce: all-reduce for GHM statistics under DDP.
+        ghm_acc_sum: the trainer's ``(bins,)`` buffer of moving GHM-C bin counts, needed when
+            ``loss.ghm.momentum > 0`` (start it at zeros; it is updated in place).
 
     Returns:
         ``{"cls": ..., "reg": ..., "loss": cls + reg_weight * reg, "positives": P}``.
@@ -189,6 +196,7 @@ def detection_loss(
             iou=max_iou[valid],
             prior_score=None if prior_scores is None else prior_scores[valid],
             reduce=reduce,
+            ghm_acc_sum=ghm_acc_sum,
         )
         cls = CLASSIFICATION_LOSSES[cfg.name](batch, cfg)
         reg = reg_each.sum() / normalizer

@@ -26,7 +26,8 @@ def focal_loss(
     check_flat(logits, targets, weight)
     t = targets.float()
     p = logits.float().sigmoid()
-    g = (p - t).abs()
+    # clamped away from 0: d(g**gamma)/dg is infinite at g = 0 for gamma < 1 (NaN gradients)
+    g = (p - t).abs().clamp(min=1e-12)
     loss = bce(logits, t) * g.pow(gamma)
     if alpha >= 0:
         loss = loss * (alpha * t + (1 - alpha) * (1 - t))

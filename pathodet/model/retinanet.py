@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -92,11 +92,20 @@ class SRCRetinaNet(nn.Module):
                     f"{weights_file}: not a ResNet-18 state dict "
                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
                 )
-        # C3-C5 (returned layers 2-4) -> FPN P3-P5, P6/P7 from P5 as in RetinaNet v2.
-        self.backbone = _resnet_fpn_extractor(
+        # C3-C5 (layers 2-4) -> FPN P3-P5, P6/P7 from P5 as in RetinaNet v2. Built directly
+        # (not with torchvision's _resnet_fpn_extractor, which fixes the FPN width at 256) so
+        # that cfg.fpn_channels is honoured; layer freezing is torchvision's rule.
+        trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][: cfg.trainable_layers]
+        if cfg.trainable_layers == 5:
+            trainable.append("bn1")
+        for name, param in body.named_parameters():
+            if not any(name.startswith(layer) for layer in trainable):
+                param.requires_grad_(False)
+        self.backbone = BackboneWithFPN(
             body,
-            cfg.trainable_layers,
-            returned_layers=[2, 3, 4],
+            return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+            in_channels_list=[128, 256, 512],
+            out_channels=cfg.fpn_channels,
             extra_blocks=LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels),
         )
         self.head = RetinaNetHead(
