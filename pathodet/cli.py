@@ -244,6 +244,9 @@ def bench_loss_overhead(
     size: Annotated[int, typer.Option(help="Tile side, pixels.")] = 600,
     repeats: Annotated[int, typer.Option(help="Timed steps per loss.")] = 5,
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "bf16",
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated losses to compare with focal.")
+    ] = "ce,ghm,sce,dghm,dghm_star,oss,cleanliness",
 ) -> None:
     """Time a training step with each loss against focal loss on the same batch."""
     from pathodet.bench.loss_overhead import measure
@@ -252,7 +255,7 @@ def bench_loss_overhead(
     if precision not in ("fp32", "bf16"):
         _fail(f"--precision must be fp32 or bf16, got {precision!r}")
     result = measure(
-        ["ce", "ghm", "sce", "dghm", "dghm_star", "oss", "cleanliness"],
+        [n.strip() for n in losses.split(",") if n.strip()],
         batch=batch,
         size=size,
         repeats=repeats,

@@ -1,7 +1,7 @@
 """The run configuration: YAML files under ``configs/`` validated into pydantic models.
 
-A config file has one section per stage (``data:`` now; ``model:``, ``loss:``, ``train:``
-join as those stages land). Unknown or mistyped keys are errors naming the key and the
+A config file has one section per stage: ``data:``, ``model:``, ``loss:`` (``train:``
+joins with the training engine). Unknown or mistyped keys are errors naming the key and the
 file; values given with ``--set key=value`` override the file and are validated the same.
 """
 
@@ -15,12 +15,16 @@ import yaml
 from pydantic import ValidationError
 
 from pathodet.data.config import DataConfig, Strict
+from pathodet.losses.config import LossConfig
+from pathodet.model.config import ModelConfig
 
 
 class Config(Strict):
     """Everything one run needs."""
 
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
 
 
 class ConfigError(ValueError):
@@ -87,7 +91,8 @@ def load_config(
             raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
-        tree = loaded or {}
+        # a section whose keys are all commented out (``data:``) means "all defaults"
+        tree = {k: ({} if v is None else v) for k, v in (loaded or {}).items()}
     try:
         Config.model_validate(tree)
     except ValidationError as exc:

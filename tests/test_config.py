@@ -177,3 +177,29 @@ def test_assignment_is_validated():
         cfg.data.tiling.stride = 0
     with pytest.raises(ValueError):
         cfg.data.tiling.unknown = 1
+
+
+def test_section_with_every_key_commented_out_means_defaults(tmp_path):
+    from pathodet.config import Config, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  # root: /somewhere\n")
+    assert load_config(path) == Config()
+
+
+def test_default_yaml_writes_out_the_model_and_loss_sections():
+    from pathodet.losses.config import LossConfig
+    from pathodet.model.config import ModelConfig
+
+    raw = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    assert set(raw["model"]) == set(ModelConfig.model_fields)
+    assert set(raw["loss"]) == set(LossConfig.model_fields)
+
+
+def test_loss_name_typo_names_the_key(tmp_path):
+    import pytest
+
+    from pathodet.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss\.name"):
+        load_config(None, ["loss.name=dghmm"])

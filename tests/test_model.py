@@ -606,3 +606,48 @@ def test_fpn_width_and_frozen_layers_follow_config():
     assert not any(p.requires_grad for p in frozen.backbone.body.parameters())
     full = SRCRetinaNet(ModelConfig(trainable_layers=5))
     assert all(p.requires_grad for p in full.backbone.body.parameters())
+
+
+def test_imagenet_weights_are_loaded_from_a_local_file(tmp_path):
+    """model.weights points to a ResNet-18 state dict: the backbone starts from it."""
+    import torch
+    from torchvision.models import resnet18
+
+    from pathodet.model import ModelConfig, build_retinanet
+
+    torch.manual_seed(123)
+    reference = resnet18(weights=None).state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference, path)
+    model = build_retinanet(ModelConfig(weights=path))
+    assert model.pretrained
+    body = model.backbone.body.state_dict()
+    assert torch.equal(body["conv1.weight"], reference["conv1.weight"])
+    assert torch.equal(body["layer4.1.conv2.weight"], reference["layer4.1.conv2.weight"])
+    # frozen BatchNorm carries the file's running statistics
+    assert torch.equal(body["layer1.0.bn1.running_mean"], reference["layer1.0.bn1.running_mean"])
+
+
+def test_a_file_that_is_not_resnet18_is_refused(tmp_path):
+    import pytest
+    import torch
+
+    from pathodet.model import ModelConfig, build_retinanet
+
+    path = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="other.pth"):
+        build_retinanet(ModelConfig(weights=path))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_retinanet(ModelConfig(weights=tmp_path / "missing.pth"))
+
+
+def test_a_corrupt_weights_file_is_a_clear_error(tmp_path):
+    import pytest
+
+    from pathodet.model import ModelConfig, build_retinanet
+
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pth: cannot load"):
+        build_retinanet(ModelConfig(weights=path))

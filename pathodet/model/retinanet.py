@@ -8,6 +8,7 @@ losses live in :mod:`pathodet.losses` and never reach into the model.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,12 @@ class SRCRetinaNet(nn.Module):
         self.pretrained = weights_file is not None
         body = resnet18(weights=None, norm_layer=_norm_layer(cfg.norm, self.pretrained))
         if weights_file is not None:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
-            missing, unexpected = body.load_state_dict(state, strict=False)
+            try:
+                state = torch.load(weights_file, map_location="cpu", weights_only=True)
+                missing, unexpected = body.load_state_dict(state, strict=False)
+            except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{weights_file}: cannot load ResNet-18 weights: {first}") from exc
             if [k for k in missing if not k.startswith("fc.")] or unexpected:
                 raise ValueError(
                     f"{weights_file}: not a ResNet-18 state dict "
