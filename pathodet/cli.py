@@ -274,12 +274,16 @@ def bench_grad_hist(
     steps: Annotated[int, typer.Option(help="Training steps before measuring.")] = 150,
     loss: Annotated[str, typer.Option(help="Loss to train with (the paper uses ce).")] = "ce",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    tile: Annotated[int, typer.Option(help="Training tile side, pixels.")] = 384,
 ) -> None:
     """Train briefly on synthetic data and plot g histograms for AP_P / AP_N / NP_N."""
     from pathodet.bench.grad_hist import gradient_histograms
 
-    with _user_errors(), _progress("grad-hist") as _:
-        result = gradient_histograms(out, steps=steps, loss=loss, seed=seed)
+    with _user_errors():
+        result = gradient_histograms(
+            out, steps=steps, loss=loss, seed=seed, lr=lr, tile=tile, log=typer.echo
+        )
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "bin_edges"}))
 
 

@@ -8,6 +8,7 @@ one histogram per group. Outliers (large g) of AP_N are where unannotated SRCs h
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -46,6 +47,8 @@ def gradient_histograms(
     batch: int = 8,
     seed: int = 0,
     bins: int = 20,
+    lr: float = 1e-4,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train briefly, then write ``out/grad-hist.png`` and ``out/grad-hist.json``."""
     out = Path(out)
@@ -57,13 +60,15 @@ def gradient_histograms(
     tiles = TileDataset(train, tile=tile, stride=tile // 2, cache_images=len(train))
     torch.manual_seed(seed)
     model = build_retinanet(ModelConfig())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     cfg = LossConfig(name=loss)
     rng = np.random.default_rng(seed)
     losses = []
     for idx in _balanced_batches(tiles.attributes(), batch, steps, rng):
         images, boxes, ap = collate([tiles[i] for i in idx])
         losses.append(train_step(model, opt, images, boxes, ap, cfg, precision="bf16")["loss"])
+        if log is not None and len(losses) % 25 == 0:
+            log(f"step {len(losses)}: loss {np.mean(losses[-25:]):.4f}")
 
     model.eval()
     g_by_group: dict[str, list[np.ndarray]] = {k: [] for k in GROUPS}
@@ -94,7 +99,7 @@ def gradient_histograms(
     ax.set_yscale("log")
     ax.set_xlabel("gradient norm g = |p - p*|")
     ax.set_ylabel("anchors (log)")
-    ax.set_title(f"{loss.upper()} after {steps} steps: g per group (held-out tiles)")
+    ax.set_title(f"{loss} after {steps} steps: g per group (held-out tiles)")
     ax.legend()
     ax.grid(alpha=0.3)
     import io
@@ -107,6 +112,8 @@ def gradient_histograms(
     result = {
         "loss": loss,
         "steps": steps,
+        "lr": lr,
+        "tile": tile,
         "final_loss": float(np.mean(losses[-10:])),
         "first_loss": float(np.mean(losses[:10])),
         "bin_edges": edges.tolist(),
