@@ -78,6 +78,14 @@ def _score_ss(batch: AnchorBatch, cfg: LossConfig) -> Tensor:
     return _base(batch, cfg, w)
 
 
+def _dghm(batch: AnchorBatch, cfg: LossConfig, star: bool) -> Tensor:
+    d = cfg.dghm
+    return dghm_c_loss(
+        batch.logits, batch.targets, batch.ap_image, d.mu_n, d.mu_c, d.lam, d.bins,
+        star=star, reduce=batch.reduce,
+    )  # fmt: skip
+
+
 ClassificationLoss = Callable[[AnchorBatch, LossConfig], Tensor]
 
 CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {
@@ -87,28 +95,8 @@ CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {
         b.logits, b.targets, c.ghm.bins, c.ghm.momentum, b.ghm_acc_sum, reduce=b.reduce
     ),
     "sce": lambda b, c: sce_loss(b.logits, b.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero),
-    "dghm": lambda b, c: dghm_c_loss(
-        b.logits,
-        b.targets,
-        b.ap_image,
-        c.dghm.mu_n,
-        c.dghm.mu_c,
-        c.dghm.lam,
-        c.dghm.bins,
-        star=False,
-        reduce=b.reduce,
-    ),  # fmt: skip
-    "dghm_star": lambda b, c: dghm_c_loss(
-        b.logits,
-        b.targets,
-        b.ap_image,
-        c.dghm.mu_n,
-        c.dghm.mu_c,
-        c.dghm.lam,
-        c.dghm.bins,
-        star=True,
-        reduce=b.reduce,
-    ),  # fmt: skip
+    "dghm": lambda b, c: _dghm(b, c, star=False),
+    "dghm_star": lambda b, c: _dghm(b, c, star=True),
     "oss": _oss,
     "score_ss": _score_ss,
 }
