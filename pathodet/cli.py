@@ -84,7 +84,8 @@ def data_summary(
     Every unreadable image, malformed XML or bad box is listed under "problems" with its
     file; boxes partly outside their image are clipped and counted.
     """
-    from pathodet.data.digestpath import load_records, load_samples, summarize
+    from pathodet.data.digestpath import load_records
+    from pathodet.data.samples import load_samples, summarize
 
     with _user_errors():
         records = load_records(root)
@@ -145,7 +146,8 @@ def data_tiles(
     out: Annotated[Path, typer.Option(help="Folder for saved tiles.")] = Path("tiles"),
 ) -> None:
     """Count the sliding-window tiles of a dataset (and save a few to look at)."""
-    from pathodet.data.digestpath import load_records, load_samples
+    from pathodet.data.digestpath import load_records
+    from pathodet.data.samples import load_samples
     from pathodet.data.tiling import TileDataset
 
     with _user_errors():

@@ -11,18 +11,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from pathodet.data.digestpath import (
-    FULL_DIR,
-    load_records,
-    load_samples,
-    read_image,
-    summarize,
-    write_manifest,
-)
+from pathodet.data.digestpath import FULL_DIR, load_records, write_manifest
 from pathodet.data.drop import drop_annotations
 from pathodet.data.folds import assign_folds, fold_summary
 from pathodet.data.io import atomic_write_image, atomic_write_text
 from pathodet.data.overlay import draw_boxes
+from pathodet.data.samples import load_samples, read_image, summarize
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import TileDataset
 from pathodet.data.voc import read_voc

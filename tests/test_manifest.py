@@ -12,11 +12,11 @@ from pathodet.data.digestpath import (
     DatasetError,
     ImageRecord,
     load_records,
-    load_samples,
     read_manifest,
     scan_digestpath,
     write_manifest,
 )
+from pathodet.data.samples import load_samples
 
 
 def _write(path: Path, text: str) -> Path:

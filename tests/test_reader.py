@@ -13,16 +13,13 @@ from conftest import (
     write_voc_text,
 )
 
-from pathodet.data.digestpath import (
-    DatasetError,
+from pathodet.data.digestpath import DatasetError, ImageRecord, Problem, scan_digestpath
+from pathodet.data.samples import (
     ImageProblem,
-    ImageRecord,
-    Problem,
     image_size,
     load_sample,
     load_samples,
     read_image,
-    scan_digestpath,
     summarize,
     validate_boxes,
 )

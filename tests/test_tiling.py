@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pathodet.data import tiling
-from pathodet.data.digestpath import ImageRecord, Sample, load_sample
+from pathodet.data.digestpath import ImageRecord
+from pathodet.data.samples import Sample, load_sample
 from pathodet.data.tiling import TileDataset, boxes_in_window, tile_grid, window_starts
 
 # ---------------------------------------------------------------- window arithmetic

@@ -1,38 +1,39 @@
 """Gradient-norm histograms of a briefly trained detector, split by AP_P / AP_N / NP_N.
 
 Reproduces the idea of the DGHM paper's Figure 3: train a model with CE for a short while
-on synthetic data, then histogram ``g = |p - p*|`` over the anchors of held-out tiles,
+on synthetic data, then histogram ``g = |p - p*|`` over the anchors of its training tiles,
 one histogram per group. Outliers (large g) of AP_N are where unannotated SRCs hide.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pathodet.data.digestpath import load_records, load_samples  # noqa: E402
-from pathodet.data.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from pathodet.data.synth import write_synthetic_dataset  # noqa: E402
-from pathodet.data.tiling import TileDataset  # noqa: E402
-from pathodet.engine.step import autocast, collate, train_step  # noqa: E402
-from pathodet.losses.common import gradient_norm  # noqa: E402
-from pathodet.losses.config import LossConfig  # noqa: E402
-from pathodet.losses.criterion import label_anchors  # noqa: E402
-from pathodet.model import ModelConfig, build_retinanet  # noqa: E402
+from pathodet.data.digestpath import load_records
+from pathodet.data.io import atomic_write_bytes, atomic_write_text
+from pathodet.data.samples import load_samples
+from pathodet.data.synth import write_synthetic_dataset
+from pathodet.data.tiling import TileDataset
+from pathodet.engine.step import autocast, collate, train_step
+from pathodet.losses.common import gradient_norm
+from pathodet.losses.config import LossConfig
+from pathodet.losses.criterion import label_anchors
+from pathodet.model import ModelConfig, build_retinanet
 
 GROUPS = ("AP_P", "AP_N", "NP_N")
 
 
-def _balanced_batches(attrs: list[str], batch: int, steps: int, rng: np.random.Generator):
-    ap = [i for i, a in enumerate(attrs) if a == "AP"]
+def _balanced_batches(tiles: TileDataset, batch: int, steps: int, rng: np.random.Generator):
+    """AP tiles holding an annotated box and NP tiles at 1:3, as the paper's mini-batches."""
+    attrs = tiles.attributes()
+    ap = [i for i, a in enumerate(attrs) if a == "AP" and len(tiles[i]["boxes"])]
     npi = [i for i, a in enumerate(attrs) if a == "NP"]
     n_ap = max(1, batch // 4)
     for _ in range(steps):
@@ -46,7 +47,7 @@ def gradient_histograms(
     tile: int = 384,
     batch: int = 8,
     seed: int = 0,
-    bins: int = 20,
+    bins: int = 50,
     lr: float = 1e-4,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -55,8 +56,7 @@ def gradient_histograms(
     data = out / "data"
     write_synthetic_dataset(data, positive=8, negative=8, size=1000, seed=seed, annotate_rate=0.5)
     samples, _ = load_samples(load_records(data))
-    train = [s for i, s in enumerate(samples) if i % 4 != 3]
-    held = [s for i, s in enumerate(samples) if i % 4 == 3]
+    train = samples
     tiles = TileDataset(train, tile=tile, stride=tile // 2, cache_images=len(train))
     torch.manual_seed(seed)
     model = build_retinanet(ModelConfig())
@@ -64,7 +64,7 @@ def gradient_histograms(
     cfg = LossConfig(name=loss)
     rng = np.random.default_rng(seed)
     losses = []
-    for idx in _balanced_batches(tiles.attributes(), batch, steps, rng):
+    for idx in _balanced_batches(tiles, batch, steps, rng):
         images, boxes, ap = collate([tiles[i] for i in idx])
         losses.append(train_step(model, opt, images, boxes, ap, cfg, precision="bf16")["loss"])
         if log is not None and len(losses) % 25 == 0:
@@ -72,7 +72,8 @@ def gradient_histograms(
 
     model.eval()
     g_by_group: dict[str, list[np.ndarray]] = {k: [] for k in GROUPS}
-    eval_tiles = TileDataset(held, tile=tile, stride=tile)
+    # as the paper's Figure 3: the examples the model was trained on, every training tile
+    eval_tiles = TileDataset(train, tile=tile, stride=tile)
     for i in range(len(eval_tiles)):
         images, boxes, ap = collate([eval_tiles[i]])
         with torch.no_grad(), autocast("bf16", images.device):
@@ -91,7 +92,8 @@ def gradient_histograms(
         k: np.histogram(np.concatenate(v) if v else np.zeros(0), edges)[0].tolist()
         for k, v in g_by_group.items()
     }
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig = Figure(figsize=(6.4, 4))
+    ax = fig.subplots()
     centres = (edges[:-1] + edges[1:]) / 2
     for k, colour in zip(GROUPS, ("tab:green", "tab:orange", "tab:blue"), strict=True):
         counts = np.asarray(hist[k], float)
@@ -99,15 +101,12 @@ def gradient_histograms(
     ax.set_yscale("log")
     ax.set_xlabel("gradient norm g = |p - p*|")
     ax.set_ylabel("anchors (log)")
-    ax.set_title(f"{loss} after {steps} steps: g per group (held-out tiles)")
+    ax.set_title(f"{loss} after {steps} steps: g per group (training tiles)")
     ax.legend()
     ax.grid(alpha=0.3)
-    import io
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(out / "grad-hist.png", buf.getvalue())
     result = {
         "loss": loss,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathodet.data.digestpath import Attribute, Sample, read_image
+from pathodet.data.digestpath import Attribute
+from pathodet.data.samples import Sample, read_image
 
 
 def window_starts(length: int, tile: int, stride: int) -> list[int]:
