@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pathodet.losses.common import bce, check_flat
+from pathodet.losses.common import check_flat
+from pathodet.losses.focal import focal_terms
 
 _X_MAX = 1.0 - 1e-3  # f(x) = 1/(1-x) is clamped below x = 1
 
@@ -54,12 +55,7 @@ def cleanliness_loss(
     """
     check_flat(logits, soft_targets, weight)
     t = soft_targets.float()
-    p = logits.float().sigmoid()
-    # g clamped away from 0, as in focal_loss: no NaN gradient for focal_gamma < 1
-    loss = bce(logits, t) * (p - t).abs().clamp(min=1e-12).pow(focal_gamma)
-    if focal_alpha >= 0:
-        is_pos = (t > 0).float()
-        loss = loss * (focal_alpha * is_pos + (1 - focal_alpha) * (1 - is_pos))
+    loss = focal_terms(logits, t, focal_alpha, focal_gamma, foreground=(t > 0).float())
     if normalizer is None:
         normalizer = (t > 0).sum().clamp(min=1).to(torch.float32)
     return (loss * weight).sum() / normalizer
