@@ -237,6 +237,60 @@ def demo(
         run_demo(out, seed=seed, echo=typer.echo)
 
 
+RESUMABLE_KEYS = {"train.epochs", "train.num_workers", "train.threads", "train.device",
+                  "train.checkpoint_every", "train.log_every"}  # fmt: skip
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[
+        Path | None, typer.Argument(help="Config YAML, e.g. configs/dghm.yaml.")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override, key=value.")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/CONFIG-NAME).")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its last.pt."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a detector (RetinaNet, ResNet-18 FPN) on DigestPath tiles.
+
+    Also works under torchrun: ``torchrun --nproc_per_node 2 -m pathodet train ...``.
+    """
+    from pathodet.config import parse_overrides
+    from pathodet.engine.checkpoint import CheckpointError
+    from pathodet.engine.dist import env_dist_info
+    from pathodet.engine.train import CONFIG_FILE, RunExists, TrainingDiverged, train
+
+    with _user_errors():
+        if resume is not None:
+            if config is not None:
+                _fail("give either CONFIG (a new run) or --resume DIR (its config is reused)")
+            bad = [k for k, _ in parse_overrides(set_) if k not in RESUMABLE_KEYS]
+            if bad:
+                _fail(f"--resume: {', '.join(bad)} cannot change in a resumed run "
+                      f"(allowed: {', '.join(sorted(RESUMABLE_KEYS))})")  # fmt: skip
+            if not (resume / "last.pt").is_file():
+                _fail(f"{resume}: no last.pt to resume from")
+            cfg = load_config(resume / CONFIG_FILE, set_)
+            run_dir = resume
+        else:
+            if config is None:
+                _fail("missing CONFIG, e.g. pathodet train configs/dghm.yaml")
+            cfg = load_config(config, set_)
+            run_dir = out or Path("runs") / config.stem
+        try:
+            summary = train(cfg, run_dir, resume=resume is not None, progress=not quiet,
+                            log=lambda m: typer.echo(m, err=True))  # fmt: skip
+        except (RunExists, CheckpointError) as exc:
+            _fail(str(exc))
+        except TrainingDiverged as exc:
+            _fail(str(exc), code=3)
+    if env_dist_info().is_main:
+        typer.echo(json.dumps(summary))
+
+
 @bench_app.command("loss-overhead")
 def bench_loss_overhead(
     out: Annotated[Path, typer.Option(help="Folder for loss-overhead.json.")] = Path(

@@ -1,8 +1,7 @@
 """The run configuration: YAML files under ``configs/`` validated into pydantic models.
 
-A config file has one section per stage: ``data:``, ``model:``, ``loss:`` (``train:``
-joins with the training engine). Unknown or mistyped keys are errors naming the key and the
-file; values given with ``--set key=value`` override the file and are validated the same.
+A config file has one section per stage: ``data:``, ``model:``, ``loss:``, ``train:``.
+Unknown or mistyped keys are errors naming the key and the file; values given with ``--set key=value`` override the file and are validated the same.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from pathodet.data.config import DataConfig, Strict
+from pathodet.engine.config import TrainConfig
 from pathodet.losses.config import LossConfig
 from pathodet.model.config import ModelConfig
 
@@ -25,6 +25,7 @@ class Config(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
 
 
 class ConfigError(ValueError):

@@ -60,7 +60,8 @@ def test_empty_file_is_defaults(tmp_path):
         ("data:\n  rot: x\n", "data.rot"),
         ("data:\n  tiling:\n    tilesize: 512\n", "data.tiling.tilesize"),
         ("data:\n  tiling:\n    tile_size: 512\n    strides: 100\n", "data.tiling.strides"),
-        ("train:\n  epochs: 3\n", "train"),
+        ("train:\n  epoch: 3\n", "train.epoch"),
+        ("train:\n  augment:\n    crops: 3\n", "train.augment.crops"),
     ],
 )
 def test_unknown_key_names_key_and_file(tmp_path, text, key):

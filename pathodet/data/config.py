@@ -27,12 +27,15 @@ class DataConfig(Strict):
     """Where the data is and how it is cut.
 
     ``root`` is a DigestPath-layout folder or a manifest CSV; ``folds`` a manifest CSV with a
-    ``fold`` column written by ``pathodet data folds`` (optional).
+    ``fold`` column written by ``pathodet data folds`` (optional). Without one, records that
+    carry no fold are split on the fly into ``num_folds`` slide-grouped folds (``fold_seed``).
     """
 
     root: Path | None = None
     folds: Path | None = None
     held_out_fold: int = Field(0, ge=0)
+    num_folds: int = Field(5, ge=2, description="folds made on the fly when none are given")
+    fold_seed: int = 0
     tiling: TilingConfig = TilingConfig()
 
     @model_validator(mode="after")

@@ -126,6 +126,13 @@ class TileDataset:
         """The attribute of every tile, in order (for AP:NP balanced batch samplers)."""
         return [self.samples[r.sample].attribute for r in self.refs]
 
+    def box_counts(self) -> list[int]:
+        """Number of annotated boxes in every tile, in order, without decoding any image."""
+        return [
+            len(boxes_in_window(self.samples[r.sample].boxes, r.window, self.min_visible)[1])
+            for r in self.refs
+        ]
+
     def _image(self, i: int) -> np.ndarray:
         if i in self._cache:
             self._cache.move_to_end(i)

@@ -22,9 +22,13 @@ _X_MAX = 1.0 - 1e-3  # f(x) = 1/(1-x) is clamped below x = 1
 
 
 def cleanliness_targets(
-    loc_a: Tensor, cls_c: Tensor, alpha: float = 0.75, gamma: float = 1.0
+    loc_a: Tensor, cls_c: Tensor, alpha: float = 0.75, gamma: float = 1.0, normalize: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Soft labels ``c`` and weights ``r`` (mean 1) for the ``(P,)`` anchors of ``A_pos``."""
+    """Soft labels ``c`` and weights ``r`` for the ``(P,)`` anchors of ``A_pos``.
+
+    ``r`` has mean 1 with ``normalize``; without, the caller normalises (e.g. over the
+    ``A_pos`` of all processes).
+    """
     loc_a = loc_a.detach().float().clamp(0, 1)
     cls_c = cls_c.detach().float().clamp(0, 1)
     c = alpha * loc_a + (1 - alpha) * cls_c
@@ -33,7 +37,7 @@ def cleanliness_targets(
         return 1.0 / (1.0 - x.clamp(max=_X_MAX))
 
     r = (alpha * f(loc_a) + (1 - alpha) * f(cls_c)).pow(gamma)
-    if r.numel():
+    if normalize and r.numel():
         r = r / r.mean()
     return c, r
 

@@ -40,6 +40,8 @@ class AnchorBatch:
         logits: ``(N,)``. targets: ``(N,)`` float labels (0/1). ap_image: ``(N,)`` bool.
         iou: ``(N,)`` max IoU with the annotated boxes of the anchor's image.
         prior_score: ``(N,)`` scores of a first-round detector (score soft sampling) or None.
+        normalizer: the (global) number of positive anchors, at least 1: CE-like losses divide
+            by it (under DDP the count of the whole global batch, so rank losses add up).
         reduce: sums statistics across processes (DDP), or None.
         ghm_acc_sum: ``(bins,)`` GHM-C moving bin counts, updated in place (momentum > 0).
     """
@@ -49,14 +51,16 @@ class AnchorBatch:
     ap_image: Tensor
     iou: Tensor
     prior_score: Tensor | None = None
+    normalizer: Tensor | None = None
     reduce: CountReduce | None = None
     ghm_acc_sum: Tensor | None = None
 
 
 def _base(batch: AnchorBatch, cfg: LossConfig, weight: Tensor) -> Tensor:
     if cfg.soft_sampling.base == "ce":
-        return ce_loss(batch.logits, batch.targets, weight=weight)
-    return focal_loss(batch.logits, batch.targets, cfg.focal.alpha, cfg.focal.gamma, weight=weight)
+        return ce_loss(batch.logits, batch.targets, weight=weight, normalizer=batch.normalizer)
+    f = cfg.focal
+    return focal_loss(batch.logits, batch.targets, f.alpha, f.gamma, weight, batch.normalizer)
 
 
 def _oss(batch: AnchorBatch, cfg: LossConfig) -> Tensor:
@@ -89,12 +93,16 @@ def _dghm(batch: AnchorBatch, cfg: LossConfig, star: bool) -> Tensor:
 ClassificationLoss = Callable[[AnchorBatch, LossConfig], Tensor]
 
 CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {
-    "ce": lambda b, c: ce_loss(b.logits, b.targets),
-    "focal": lambda b, c: focal_loss(b.logits, b.targets, c.focal.alpha, c.focal.gamma),
+    "ce": lambda b, c: ce_loss(b.logits, b.targets, normalizer=b.normalizer),
+    "focal": lambda b, c: focal_loss(
+        b.logits, b.targets, c.focal.alpha, c.focal.gamma, normalizer=b.normalizer
+    ),
     "ghm": lambda b, c: ghm_c_loss(
         b.logits, b.targets, c.ghm.bins, c.ghm.momentum, b.ghm_acc_sum, reduce=b.reduce
     ),
-    "sce": lambda b, c: sce_loss(b.logits, b.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero),
+    "sce": lambda b, c: sce_loss(
+        b.logits, b.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero, normalizer=b.normalizer
+    ),
     "dghm": lambda b, c: _dghm(b, c, star=False),
     "dghm_star": lambda b, c: _dghm(b, c, star=True),
     "oss": _oss,
@@ -137,7 +145,10 @@ def detection_loss(
         ap_image: ``(B,)`` bool, the image (tile) comes from an AP image.
         cfg: the loss section. assign: anchor labelling thresholds.
         prior_scores: ``(B, A)`` scores of a first-round detector (score soft sampling).
-        reduce: all-reduce for GHM statistics under DDP.
+        reduce: sum over processes (all-reduce) under DDP. Every statistic that couples
+            the images of a batch (positive count, GHM/DGHM bin counts, cleanliness weight
+            mean) is then global, and each rank returns its share of the loss of the global
+            batch: the sum over ranks equals the loss one process computes on all of it.
         ghm_acc_sum: the trainer's ``(bins,)`` buffer of moving GHM-C bin counts, needed when
             ``loss.ghm.momentum > 0`` (start it at zeros; it is updated in place).
 
@@ -159,14 +170,20 @@ def detection_loss(
     gt = _gather_boxes(boxes, img_idx, matched[pos])
     pred_deltas = outputs.bbox_deltas[pos]
     reg_each = _smooth_l1(pred_deltas, encode(gt, anchors[anc_idx]), cfg.smooth_l1_beta)
-    normalizer = n_pos.clamp(min=1).to(torch.float32)
+    n_pos_global = n_pos.to(torch.float32) if reduce is None else reduce(n_pos.to(torch.float32))
+    normalizer = n_pos_global.clamp(min=1)
 
     logits = outputs.cls_logits.float()
     if cfg.name == "cleanliness":
         with torch.no_grad():
             loc_a = paired_iou(decode(pred_deltas.detach(), anchors[anc_idx]), gt)
             cls_c = logits[pos].detach().sigmoid()
-            c, r = cleanliness_targets(loc_a, cls_c, cfg.cleanliness.alpha, cfg.cleanliness.gamma)
+            c, r = cleanliness_targets(
+                loc_a, cls_c, cfg.cleanliness.alpha, cfg.cleanliness.gamma, normalize=False
+            )
+            r_sum = r.sum() if reduce is None else reduce(r.sum())
+            if r.numel():
+                r = r * (normalizer / r_sum.clamp(min=1e-12))  # mean 1 over the global A_pos
         soft = torch.zeros_like(logits)
         weight = torch.ones_like(logits)
         soft[pos], weight[pos] = c, r
@@ -183,6 +200,7 @@ def detection_loss(
             ap_image=ap_image.bool().view(b, 1).expand(b, a)[valid],
             iou=max_iou[valid],
             prior_score=None if prior_scores is None else prior_scores[valid],
+            normalizer=normalizer,
             reduce=reduce,
             ghm_acc_sum=ghm_acc_sum,
         )

@@ -62,9 +62,15 @@ def find_imagenet_weights(path: Path | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
-def _norm_layer(kind: str, pretrained: bool):
+def resolve_norm(kind: str, pretrained: bool) -> str:
+    """``auto`` -> ``frozen_bn`` with ImageNet weights, ``bn`` from scratch; others as given."""
     if kind == "auto":
-        kind = "frozen_bn" if pretrained else "bn"
+        return "frozen_bn" if pretrained else "bn"
+    return kind
+
+
+def _norm_layer(kind: str, pretrained: bool):
+    kind = resolve_norm(kind, pretrained)
     if kind == "frozen_bn":
         return FrozenBatchNorm2d
     if kind == "bn":

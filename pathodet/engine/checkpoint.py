@@ -1,0 +1,100 @@
+"""Checkpoints: one ``.pt`` file per snapshot, written atomically, loadable without pickle code.
+
+A checkpoint is a dict of tensors and plain Python values only (loaded with
+``torch.load(weights_only=True)``):
+
+    format, version      "pathodet-checkpoint", CHECKPOINT_VERSION
+    config               the resolved run config as JSON text
+    model                the detector's state dict
+    optimizer            Adam's state dict
+    scheduler            {"lr": current lr, "milestones": [...], "gamma": ...} (lr is a
+                         pure function of epoch and step, see TrainConfig.lr_at)
+    ghm_acc_sum          GHM-C moving bin counts (bins,) or None
+    epoch, batch         where to continue: batch ``batch`` (0-based) of epoch ``epoch``
+    step                 optimiser steps done
+    best                 {"metric": name, "value": v, "epoch": e} or None
+    metrics              the last validation metrics
+
+The file is written to a temporary name in the same folder, flushed to disk, then renamed
+over the target, so a run killed at any moment leaves either the old or the new file whole.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pathodet.data.io import atomic_write_bytes
+
+CHECKPOINT_FORMAT = "pathodet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` (plus format and version) atomically to ``path``."""
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Raises:
+        CheckpointError: missing, unreadable, not a pathodet checkpoint, another version,
+            or a file that would need arbitrary code to unpickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a pathodet checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')} (this pathodet reads "
+            f"{CHECKPOINT_VERSION})"
+        )
+    return state
+
+
+def load_detector(path: str | os.PathLike[str]):
+    """The detector of a checkpoint in eval mode, and the run config it was trained with.
+
+    Returns:
+        ``(model, config)``: an :class:`~pathodet.model.retinanet.SRCRetinaNet` on the CPU and
+        the :class:`~pathodet.config.Config` stored in the checkpoint.
+    """
+    from pydantic import ValidationError
+
+    from pathodet.config import Config
+    from pathodet.model.retinanet import SRCRetinaNet
+
+    state = load_checkpoint(path)
+    try:
+        cfg = Config.model_validate_json(state["config"])
+    except (KeyError, ValidationError) as exc:
+        raise CheckpointError(f"{path}: its config does not validate: {exc}") from None
+    if cfg.model.norm == "auto":
+        raise CheckpointError(f"{path}: its config leaves model.norm unresolved ('auto')")
+    # the trained weights replace any initialisation, so no ImageNet file is needed here
+    model = SRCRetinaNet(cfg.model.model_copy(update={"weights": None}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit its config: {exc}") from None
+    return model.eval(), cfg

@@ -1,0 +1,106 @@
+"""From the ``data:`` and ``train:`` config sections to training and validation tiles.
+
+Records come from ``data.folds`` (a manifest with a fold column) or ``data.root``; records
+without a fold are split on the fly into slide-grouped folds. Fold ``data.held_out_fold``
+validates, the others train. Unreadable images are reported and left out, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pathodet.data.augment import TileAugment
+from pathodet.data.config import DataConfig
+from pathodet.data.digestpath import DatasetError, Problem, load_records
+from pathodet.data.folds import assign_folds, split
+from pathodet.data.samples import load_samples
+from pathodet.data.tiling import TileDataset
+from pathodet.engine.config import TrainConfig
+
+
+@dataclass
+class TrainingData:
+    """Tiles of the training folds and of the held-out fold, with what was left out.
+
+    ``ap`` / ``np`` index the training tiles the batch sampler draws from.
+    """
+
+    train: TileDataset
+    val: TileDataset
+    ap: list[int]
+    np: list[int]
+    problems: list[Problem]
+
+
+def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
+    """Read, split and tile the dataset named by ``data``.
+
+    Raises:
+        DatasetError: no ``data.root``, a missing root, or nothing trainable in it.
+    """
+    source = data.folds or data.root
+    if source is None:
+        raise DatasetError("data.root is not set: add --set data.root=/path/to/digestpath")
+    records = load_records(source)
+    if not records:
+        raise DatasetError(f"{source}: no images found")
+    if any(r.fold is None for r in records):
+        try:
+            records = assign_folds(records, data.num_folds, data.fold_seed)
+        except ValueError as exc:
+            raise DatasetError(f"{source}: {exc} (lower data.num_folds)") from None
+    if data.held_out_fold not in {r.fold for r in records}:
+        raise DatasetError(f"{source}: no image in held-out fold {data.held_out_fold}")
+    train_records, val_records = split(records, data.held_out_fold)
+    train_samples, problems = load_samples(train_records)
+    val_samples, val_problems = load_samples(val_records)
+    t = data.tiling
+    tiles = TileDataset(train_samples, t.tile_size, t.stride, t.min_visible)
+    val = TileDataset(val_samples, t.tile_size, t.stride, t.min_visible)
+    attrs = tiles.attributes()
+    counts = tiles.box_counts() if train.ap_tiles == "annotated" else [1] * len(tiles)
+    ap = [i for i, (a, c) in enumerate(zip(attrs, counts, strict=True)) if a == "AP" and c > 0]
+    np_ = [i for i, a in enumerate(attrs) if a == "NP"]
+    if not ap:
+        raise DatasetError(
+            f"{source}: no AP training tile holds an annotated box; nothing to learn from"
+        )
+    return TrainingData(tiles, val, ap, np_, problems + val_problems)
+
+
+class AugmentedTiles(torch.utils.data.Dataset):
+    """``dataset[(index, seed)]``: tile ``index`` augmented with ``seed`` (see the sampler)."""
+
+    def __init__(self, tiles: TileDataset, augment: TileAugment) -> None:
+        self.tiles, self.augment = tiles, augment
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        return self.augment(self.tiles[index], seed)
+
+
+def validation_batches(
+    val: TileDataset, limit: int | None, batch: int, seed: int
+) -> list[list[int]]:
+    """Fixed batches of held-out tiles: at most ``limit`` tiles, AP and NP alike, same-size tiles.
+
+    The subset is a seeded random sample drawn once, so every epoch is validated on the same
+    tiles and validation losses are comparable across epochs.
+    """
+    order = np.random.default_rng([seed, 7]).permutation(len(val))
+    if limit is not None:
+        order = order[:limit]
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i in sorted(int(k) for k in order):
+        x1, y1, x2, y2 = val.refs[i].window
+        by_shape[(x2 - x1, y2 - y1)].append(i)
+    return [
+        idx[k : k + batch] for _, idx in sorted(by_shape.items()) for k in range(0, len(idx), batch)
+    ]

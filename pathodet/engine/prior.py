@@ -1,0 +1,78 @@
+"""Score soft sampling's first-round detector: per-anchor prior scores and the threshold T.
+
+Wu et al. (2018) weight each negative by a Gompertz curve of the score a detector trained in
+a first round gives it, relative to ``T``, the median score that detector gives the
+annotated boxes. Here the prior detector runs frozen on the same (augmented) batch as the
+trained one, so its per-anchor scores line up with the trained detector's anchors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pathodet.data.tiling import TileDataset
+from pathodet.engine.checkpoint import CheckpointError, load_detector
+from pathodet.engine.step import Precision, autocast, collate
+from pathodet.model.assign import POSITIVE, assign_retinanet
+from pathodet.model.config import AssignConfig, ModelConfig
+
+
+class PriorScorer:
+    """A frozen first-round detector: ``scorer(images)`` -> ``(B, A)`` scores in ``[0, 1]``."""
+
+    def __init__(
+        self, checkpoint: Path, model_cfg: ModelConfig, device: torch.device, precision: Precision
+    ) -> None:
+        model, prior_cfg = load_detector(checkpoint)
+        if prior_cfg.model.anchors != model_cfg.anchors:
+            raise CheckpointError(
+                f"{checkpoint}: the prior detector's anchors differ from this run's "
+                "(model.anchors must match for per-anchor scores)"
+            )
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.precision = precision
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        with autocast(self.precision, images.device):
+            logits = self.model(images).cls_logits
+        return logits.float().sigmoid()
+
+
+def median_box_score(
+    scorer: PriorScorer,
+    tiles: TileDataset,
+    indices: list[int],
+    assign: AssignConfig,
+    limit: int = 64,
+) -> float:
+    """``T``: the median over annotated boxes of the best prior score among the box's positive anchors.
+
+    Args:
+        indices: tiles holding annotated boxes (the first ``limit`` are used).
+
+    Raises:
+        ValueError: no annotated box got a positive anchor.
+    """
+    scores: list[float] = []
+    device = next(scorer.model.parameters()).device
+    for i in indices[:limit]:
+        images, boxes, _ = collate([tiles[i]])
+        with torch.no_grad(), autocast(scorer.precision, device):
+            out = scorer.model(images.to(device))
+        s = out.cls_logits[0].float().sigmoid().cpu()
+        lab = assign_retinanet(
+            out.anchors.cpu(), boxes[0], assign.fg_iou, assign.bg_iou, assign.allow_low_quality
+        )
+        pos = lab.labels == POSITIVE
+        for k in range(len(boxes[0])):
+            mine = pos & (lab.matched == k)
+            if mine.any():
+                scores.append(float(s[mine].max()))
+    if not scores:
+        raise ValueError("no annotated box matched an anchor: cannot set the score threshold T")
+    return float(np.median(scores))

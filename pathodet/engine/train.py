@@ -1,0 +1,323 @@
+"""The training loop: ``train(cfg, run_dir)`` is what ``pathodet train`` runs.
+
+One epoch = one pass over the AP training tiles in batches with AP:NP at 1:3
+(:class:`~pathodet.data.sampler.APNPBatchSampler`), then a validation loss on the held-out
+fold. Everything that decides the result is saved in ``last.pt`` (see
+:mod:`pathodet.engine.checkpoint`): a resumed run replays the same batches from where the
+checkpoint was taken and ends with the same weights as a run that was never stopped.
+
+Run folder::
+
+    config.yaml     the resolved config (what --resume reads)
+    last.pt         latest checkpoint (every train.checkpoint_every steps and each epoch)
+    best.pt         checkpoint of the epoch with the lowest validation loss
+    metrics.csv     step, epoch, split, name, value
+    tb/             TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+from pathodet.config import Config
+from pathodet.data.augment import TileAugment
+from pathodet.data.io import atomic_write_text
+from pathodet.data.sampler import APNPBatchSampler
+from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
+from pathodet.engine.data import AugmentedTiles, TrainingData, training_data, validation_batches
+from pathodet.engine.dist import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from pathodet.engine.logs import MetricsLog
+from pathodet.engine.prior import PriorScorer, median_box_score
+from pathodet.engine.progress import TrainProgress
+from pathodet.engine.step import autocast, collate
+from pathodet.losses.criterion import detection_loss
+from pathodet.model import build_retinanet
+from pathodet.model.retinanet import SRCRetinaNet, resolve_norm
+
+CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
+
+
+class RunExists(ValueError):
+    """``--out`` already holds a run and ``--resume`` was not given."""
+
+
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def save_run_config(cfg: Config, run_dir: Path) -> None:
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    atomic_write_text(run_dir / CONFIG_FILE, text)
+
+
+class Trainer:
+    """Holds the model, optimiser and position of one run; :meth:`fit` runs it to the end."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        resume: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.log_line = log
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.info = init_distributed(pick_device(tc.device, DistInfo()))
+        self.device = pick_device(tc.device, self.info)
+        if self.info.is_main and not resume and (self.run_dir / LAST).exists():
+            raise RunExists(
+                f"{self.run_dir} already holds a run (last.pt): continue it with --resume "
+                f"{self.run_dir}, or choose another --out"
+            )
+        self.data: TrainingData = training_data(cfg.data, tc)
+        torch.manual_seed(tc.seed)
+        model = build_retinanet(cfg.model)
+        resolved = resolve_norm(cfg.model.norm, model.pretrained)
+        self.cfg = cfg.model_copy(deep=True)
+        self.cfg.model.norm = resolved  # type: ignore[assignment]
+        self.model: SRCRetinaNet = model.to(self.device)
+        self.optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+            weight_decay=tc.weight_decay,
+        )  # fmt: skip
+        g = cfg.loss.ghm
+        self.ghm_acc_sum = torch.zeros(g.bins, device=self.device) if g.momentum > 0 else None
+        self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
+        if resume:
+            self._restore(load_checkpoint(self.run_dir / LAST))
+        self.net = self.model
+        if self.info.distributed:
+            if self.device.type == "cuda":
+                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            elif resolved == "bn":
+                warnings.warn(
+                    "BatchNorm under CPU DDP uses per-process batch statistics; set "
+                    "model.norm=gn for a run identical to a single process",
+                    stacklevel=2,
+                )
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # oneDNN returns channels-last gradients for 1x1 convolutions; DDP copies them
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            self.net = DistributedDataParallel(self.net, device_ids=ids)
+        self.sampler = APNPBatchSampler(
+            self.data.ap, self.data.np, tc.batch_size, tc.ap_fraction, tc.seed,
+            self.info.rank, self.info.world_size, tc.max_steps_per_epoch,
+        )  # fmt: skip
+        self.loader = torch.utils.data.DataLoader(
+            AugmentedTiles(self.data.train, TileAugment(tc.augment)),
+            batch_sampler=self.sampler, collate_fn=collate, num_workers=tc.num_workers,
+            persistent_workers=tc.num_workers > 0,
+        )  # fmt: skip
+        self.val_batches = validation_batches(
+            self.data.val, tc.val_tiles, tc.val_batch_size, tc.seed
+        )
+        self.prior = self._prior() if cfg.loss.name == "score_ss" else None
+        self.progress = progress and self.info.is_main
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_run_config(self.cfg, self.run_dir)
+            self.logs = MetricsLog(self.run_dir, self.step if resume else None)
+            for p in self.data.problems:
+                self.log_line(f"warning: {p.file}: {p.error}")
+
+    # -- state ---------------------------------------------------------------------------
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ghm_acc_sum is not None and state.get("ghm_acc_sum") is not None:
+            self.ghm_acc_sum.copy_(state["ghm_acc_sum"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.best, self.metrics = state.get("best"), state.get("metrics", {})
+
+    def state(self) -> dict:
+        tc = self.cfg.train
+        return {
+            "config": self.cfg.model_dump_json(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {
+                "lr": tc.lr_at(self.epoch, self.step),
+                "milestones": list(tc.milestones),
+                "gamma": tc.lr_gamma,
+            },
+            "ghm_acc_sum": self.ghm_acc_sum,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best": self.best,
+            "metrics": self.metrics,
+        }
+
+    def save(self, name: str = LAST) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / name, self.state())
+
+    def _prior(self) -> PriorScorer:
+        ss = self.cfg.loss.soft_sampling
+        if ss.prior_checkpoint is None:
+            raise ValueError(
+                "loss score_ss needs a first-round detector: set "
+                "loss.soft_sampling.prior_checkpoint=RUN/best.pt (e.g. a focal run)"
+            )
+        prior = PriorScorer(
+            ss.prior_checkpoint, self.cfg.model, self.device, self.cfg.train.precision
+        )
+        if ss.threshold is None:
+            t = median_box_score(prior, self.data.train, self.data.ap, self.cfg.model.assign)
+            self.cfg.loss.soft_sampling.threshold = t
+            if self.info.is_main:
+                self.log_line(f"score soft sampling: T = {t:.4f} (median prior score on boxes)")
+        return prior
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self, images, boxes, ap) -> dict[str, float]:
+        tc = self.cfg.train
+        images, ap = images.to(self.device), ap.to(self.device)
+        boxes = [b.to(self.device) for b in boxes]
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr_at(self.epoch, self.step)
+        prior = self.prior(images) if self.prior is not None else None
+        self.net.train()
+        with autocast(tc.precision, self.device):
+            outputs = self.net(images)
+        reduce = all_reduce_sum if self.info.distributed else None
+        losses = detection_loss(
+            outputs, boxes, ap, self.cfg.loss, self.cfg.model.assign, prior, reduce,
+            self.ghm_acc_sum,
+        )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        # each rank holds its share of the global-batch loss; DDP averages gradients
+        (losses["loss"] * self.info.world_size).backward()
+        grad_norm = float("nan")
+        if tc.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+        values = torch.stack([losses[k].detach().float() for k in ("loss", "cls", "reg")])
+        values = all_reduce_sum(values) if reduce else values
+        if not torch.isfinite(values).all():
+            raise TrainingDiverged(
+                f"step {self.step + 1} (epoch {self.epoch + 1}): loss is {float(values[0])}; "
+                f"stopped without updating the weights. {self.run_dir / LAST} "
+                "(if any) holds the last good state; lower train.lr or set train.grad_clip"
+            )
+        self.optimizer.step()
+        out = dict(zip(("loss", "cls", "reg"), values.tolist(), strict=True))
+        out["positives"] = float(all_reduce_sum(losses["positives"].float()))
+        out["lr"] = tc.lr_at(self.epoch, self.step)
+        if tc.grad_clip is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss over the fixed held-out batches (rank 0's view; cheap and comparable)."""
+        if not self.val_batches:
+            return {}
+        self.model.eval()
+        acc = None if self.ghm_acc_sum is None else self.ghm_acc_sum.clone()
+        totals = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
+        for idx in self.val_batches:
+            images, boxes, ap = collate([self.data.val[i] for i in idx])
+            images = images.to(self.device)
+            prior = self.prior(images) if self.prior is not None else None
+            with autocast(self.cfg.train.precision, self.device):
+                outputs = self.model(images)
+            losses = detection_loss(
+                outputs, [b.to(self.device) for b in boxes], ap.to(self.device), self.cfg.loss,
+                self.cfg.model.assign, prior, None, acc,
+            )  # fmt: skip
+            for k in totals:
+                totals[k] += float(losses[k]) / len(self.val_batches)
+        return totals
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict:
+        tc = self.cfg.train
+        n_batches = self.sampler.batches_per_epoch()
+        bar = TrainProgress(tc.epochs, n_batches, enabled=self.progress)
+        with bar if self.progress else nullcontext():
+            while self.epoch < tc.epochs:
+                self._run_epoch(bar, n_batches)
+        barrier()
+        if self.info.is_main:
+            self.logs.close()
+        return {
+            "run_dir": str(self.run_dir),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best": self.best,
+            "metrics": self.metrics,
+        }
+
+    def _run_epoch(self, bar: TrainProgress, n_batches: int) -> None:
+        tc = self.cfg.train
+        self.sampler.start_at(self.epoch, self.batch)
+        bar.start_epoch(self.epoch, self.batch)
+        window: list[float] = []
+        t0, tiles = time.perf_counter(), 0
+        for images, boxes, ap in self.loader:
+            values = self.train_step(images, boxes, ap)
+            self.step, self.batch = self.step + 1, self.batch + 1
+            tiles += tc.batch_size
+            window.append(values["loss"])
+            rate = tiles / max(time.perf_counter() - t0, 1e-9)
+            bar.advance(values["loss"], rate)
+            if self.info.is_main and (self.step % tc.log_every == 0 or self.batch == n_batches):
+                self.logs.log(self.step, self.epoch, "train", {**values, "tiles_per_s": rate})
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                self.save()
+        val = self.validate() if self.info.is_main else {}
+        self.epoch, self.batch = self.epoch + 1, 0
+        if self.info.is_main:
+            mean = sum(window) / max(len(window), 1)
+            self.metrics = {"train_loss": mean, **{f"val_{k}": v for k, v in val.items()}}
+            self.logs.log(self.step, self.epoch - 1, "val", val)
+            improved = "val_loss" in self.metrics and (
+                self.best is None or self.metrics["val_loss"] < self.best["value"]
+            )
+            if improved:
+                self.best = {"metric": "val_loss", "value": self.metrics["val_loss"],
+                             "epoch": self.epoch}  # fmt: skip
+            self.save()
+            if improved:
+                self.save(BEST)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items() if math.isfinite(v))
+            self.log_line(f"epoch {self.epoch}/{tc.epochs}: {shown}")
+        barrier()
+
+
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary dict.
+
+    Under torchrun every rank calls this; only rank 0 writes files and logs.
+    """
+    try:
+        return Trainer(cfg, run_dir, resume, progress, log).fit()
+    finally:
+        shutdown()

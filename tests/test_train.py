@@ -1,0 +1,279 @@
+"""The training engine end to end on a tiny synthetic dataset: runs, checkpoints, logs,
+resume after SIGKILL, divergence, bad input, and every method config for one step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pathodet.config import ConfigError, load_config
+from pathodet.data.digestpath import DatasetError
+from pathodet.data.synth import write_synthetic_dataset
+from pathodet.engine import train as train_mod
+from pathodet.engine.checkpoint import CheckpointError, load_checkpoint, load_detector
+from pathodet.engine.config import TrainConfig
+from pathodet.engine.logs import MetricsLog, read_metrics
+from pathodet.engine.train import RunExists, TrainingDiverged, train
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["ce", "focal", "ghm", "sce", "dghm", "dghm_star", "oss", "score_ss", "cleanliness"]
+
+
+def tiny(root: Path, **extra: str) -> list[str]:
+    """Overrides that shrink any config to a few seconds on the tiny dataset."""
+    sets = {
+        "data.root": str(root),
+        "data.num_folds": "4",
+        "data.tiling.tile_size": "256",
+        "data.tiling.stride": "256",
+        "model.fpn_channels": "32",
+        "train.epochs": "2",
+        "train.batch_size": "4",
+        "train.augment.crop": "192",
+        "train.milestones": "[1]",
+        "train.precision": "bf16",
+        "train.num_workers": "0",
+        "train.max_steps_per_epoch": "3",
+        "train.checkpoint_every": "1",
+        "train.log_every": "1",
+        "train.val_tiles": "4",
+        "train.val_batch_size": "2",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, positive=4, negative=4, size=512, seed=3, images_per_slide=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def focal_run(data, tmp_path_factory) -> Path:
+    """A finished two-epoch focal run (also the prior detector for score soft sampling)."""
+    out = tmp_path_factory.mktemp("runs") / "focal"
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    train(cfg, out, progress=False, log=lambda m: None)
+    return out
+
+
+def test_run_writes_checkpoints_config_and_logs(focal_run):
+    state = load_checkpoint(focal_run / "last.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 0, 6)
+    assert set(state) >= {"model", "optimizer", "scheduler", "config", "best", "metrics"}
+    assert state["scheduler"]["lr"] == pytest.approx(1e-5)  # after milestone 1
+    # the resolved config: what --resume reads; norm no longer "auto"
+    saved = load_config(focal_run / "config.yaml")
+    assert saved.loss.name == "focal" and saved.model.norm == "bn"
+    assert saved.train.max_steps_per_epoch == 3
+    # best.pt is the epoch with the lowest validation loss
+    rows = read_metrics(focal_run)
+    val = {r["epoch"]: r["value"] for r in rows if r["split"] == "val" and r["name"] == "loss"}
+    assert sorted(val) == [0, 1]
+    best = load_checkpoint(focal_run / "best.pt")
+    assert best["best"]["value"] == pytest.approx(min(val.values()), rel=1e-5)
+    assert best["epoch"] == min(val, key=val.get) + 1
+    steps = [r["step"] for r in rows if r["split"] == "train" and r["name"] == "loss"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert all(torch.isfinite(torch.tensor(r["value"])) for r in rows)
+    assert any(p.name.startswith("events.out.tfevents") for p in (focal_run / "tb").iterdir())
+    # the detector loads back with the trained weights
+    model, cfg = load_detector(focal_run / "last.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k]), k
+    assert cfg.loss.name == "focal"
+
+
+def test_lr_schedule_follows_milestones_and_warmup():
+    tc = TrainConfig(lr=1e-4, milestones=[9, 12], lr_gamma=0.1, warmup_steps=4)
+    assert tc.lr_at(0, 0) == pytest.approx(0.25e-4)
+    assert tc.lr_at(0, 3) == pytest.approx(1e-4)
+    assert tc.lr_at(8, 1000) == pytest.approx(1e-4)
+    assert tc.lr_at(9, 1000) == pytest.approx(1e-5)
+    assert tc.lr_at(11, 1000) == pytest.approx(1e-5)
+    assert tc.lr_at(12, 1000) == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match="increasing"):
+        TrainConfig(milestones=[12, 9])
+
+
+def _initial_weights(cfg) -> dict[str, torch.Tensor]:
+    from pathodet.model import build_retinanet
+
+    torch.manual_seed(cfg.train.seed)
+    return build_retinanet(cfg.model).state_dict()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_config_trains_one_step(method, data, focal_run, tmp_path):
+    extra = {"train.epochs": "1", "train.max_steps_per_epoch": "1"}
+    if method == "score_ss":
+        extra["loss.soft_sampling.prior_checkpoint"] = str(focal_run / "last.pt")
+    cfg = load_config(REPO / f"configs/{method}.yaml", tiny(data, **extra))
+    assert cfg.loss.name == method
+    summary = train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert summary["steps"] == 1
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    init = _initial_weights(cfg)
+    changed = [
+        k
+        for k, v in state["model"].items()
+        if v.is_floating_point() and not torch.equal(v, init[k])
+    ]
+    assert changed, "one optimiser step must change the weights"
+    assert "head.classification_head.cls_logits.weight" in changed
+    loss = [r for r in read_metrics(tmp_path / "run") if r["name"] == "loss"]
+    assert loss and all(abs(r["value"]) < 1e6 for r in loss)
+    if method == "score_ss":  # T measured from the prior detector and saved with the run
+        t = load_config(tmp_path / "run/config.yaml").loss.soft_sampling.threshold
+        assert t is not None and 0.0 <= t <= 1.0
+
+
+def _write_cfg(path: Path, base: str, sets: list[str]) -> Path:
+    cfg = load_config(REPO / base, sets)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pathodet", *args]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path):
+    """Kill a run mid-epoch with SIGKILL, resume it, and get bit-identical final weights."""
+    sets = tiny(data, **{"train.max_steps_per_epoch": "4", "loss.name": "ghm",
+                         "loss.ghm.momentum": "0.75"})  # fmt: skip
+    cfg_file = _write_cfg(tmp_path / "cfg.yaml", "configs/smoke.yaml", sets)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cli("train", str(cfg_file), "--out", str(full), "--quiet"), env=env,
+                   check=True, capture_output=True)  # fmt: skip
+
+    proc = subprocess.Popen(_cli("train", str(cfg_file), "--out", str(killed), "--quiet"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # wait for step 3 of 8 to be logged, then kill
+            m = killed / "metrics.csv"
+            if m.exists() and any(r.startswith("3,") for r in m.read_text().splitlines()):
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = load_checkpoint(killed / "last.pt")
+    assert 1 <= before["step"] < 8, "the kill should land mid-run"
+
+    subprocess.run(_cli("train", "--resume", str(killed), "--quiet"), env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["ghm_acc_sum"], b["ghm_acc_sum"])
+
+    # the log holds each step once, with the same values as the uninterrupted run
+    def losses(run):
+        return [(r["step"], r["value"]) for r in read_metrics(run)
+                if r["split"] == "train" and r["name"] == "loss"]  # fmt: skip
+
+    assert losses(killed) == losses(full)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
+    real = train_mod.detection_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "detection_loss", poisoned)
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    with pytest.raises(TrainingDiverged, match=r"step 3 \(epoch 1\): loss is nan"):
+        train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_existing_run_is_not_overwritten(focal_run, data):
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    before = (focal_run / "last.pt").stat().st_mtime_ns
+    with pytest.raises(RunExists, match="--resume"):
+        train(cfg, focal_run, progress=False, log=lambda m: None)
+    assert (focal_run / "last.pt").stat().st_mtime_ns == before
+
+
+def test_missing_data_fails_fast(tmp_path):
+    cfg = load_config(REPO / "configs/dghm.yaml")
+    with pytest.raises(DatasetError, match="data.root is not set"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg = load_config(REPO / "configs/dghm.yaml", [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(DatasetError, match="nowhere"):
+        train(cfg, tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, data, focal_run):
+    bad = subprocess.run(_cli("train", str(REPO / "configs/dghm.yaml"), "--set", "train.epoch=3"),
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    assert "unknown key 'train.epoch'" in bad.stderr and "Traceback" not in bad.stderr
+    res = subprocess.run(_cli("train", "--resume", str(focal_run), "--set", "loss.name=ce"),
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "loss.name cannot change" in res.stderr
+    res = subprocess.run(_cli("train", "--resume", str(tmp_path)), capture_output=True, text=True)
+    assert res.returncode == 2 and "no last.pt" in res.stderr
+
+
+def test_metrics_log_drops_rows_after_resume_point(tmp_path):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        log.log(step, 0, "train", {"loss": float(step)})
+    log.close()
+    log = MetricsLog(tmp_path, resume_step=3, tensorboard=False)
+    log.log(4, 0, "train", {"loss": 40.0})
+    log.close()
+    rows = [(r["step"], r["value"]) for r in read_metrics(tmp_path)]
+    assert rows == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+def test_bad_checkpoints_are_refused_with_the_file_name(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a pathodet checkpoint"):
+        load_checkpoint(other)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "pathodet-checkpoint", "version": 99}, future)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(future)
+    code = tmp_path / "code.pt"
+    torch.save({"format": "pathodet-checkpoint", "version": 1, "x": Path("/etc")}, code)
+    with pytest.raises(CheckpointError, match="code.pt"):  # weights_only refuses the class
+        load_checkpoint(code)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_config_error_for_bad_override_type():
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(REPO / "configs/smoke.yaml", ["train.precision=fp8"])
