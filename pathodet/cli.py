@@ -42,7 +42,7 @@ def _user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (DatasetError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, ConfigError, FileNotFoundError, ValueError) as exc:  # incl. CSV/ckpt
         _fail(str(exc))
 
 
@@ -265,8 +265,9 @@ def train_cmd(
 
     with _user_errors():
         if resume is not None:
-            if config is not None:
-                _fail("give either CONFIG (a new run) or --resume DIR (its config is reused)")
+            if config is not None or out is not None:
+                _fail("--resume DIR continues the run in DIR with its own config: "
+                      "give neither CONFIG nor --out")  # fmt: skip
             bad = [k for k, _ in parse_overrides(set_) if k not in RESUMABLE_KEYS]
             if bad:
                 _fail(f"--resume: {', '.join(bad)} cannot change in a resumed run "
@@ -289,6 +290,85 @@ def train_cmd(
             _fail(str(exc), code=3)
     if env_dist_info().is_main:
         typer.echo(json.dumps(summary))
+
+
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from pathodet train.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images, folders or a DigestPath root.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
+    tile: Annotated[int, typer.Option(help="Window side, pixels (multiple of 32).")] = 1024,
+    overlap: Annotated[int, typer.Option(help="Window overlap, pixels (>= cell size).")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    score_threshold: Annotated[float, typer.Option(help="Keep detections above.")] = 0.05,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    workers: Annotated[int, typer.Option(help="Image-decoding worker processes.")] = 1,
+    overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Detect SRCs in whole images (overlapping tiles merged without seam duplicates)."""
+    from pathodet.engine.checkpoint import CheckpointError
+    from pathodet.engine.predict import PredictSettings
+    from pathodet.engine.predict_run import run_predict
+
+    if precision not in ("fp32", "bf16"):
+        _fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    with _user_errors():
+        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold)  # type: ignore[arg-type]
+        try:
+            with _progress("predict") as update:
+                summary = run_predict(checkpoint, inputs, out, settings, overlays, workers,
+                                      device, update)  # fmt: skip
+        except CheckpointError as exc:
+            _fail(str(exc))
+    typer.echo(json.dumps(summary))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: Annotated[Path | None, typer.Option(help="DigestPath-layout root.")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="predictions.csv to score.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Predict with this checkpoint first.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("evaluation"),
+    removed: Annotated[
+        Path | None, typer.Option(help="removed-annotations/ of pathodet data drop (R-recall).")
+    ] = None,
+    full_annotations: Annotated[
+        Path | None, typer.Option(help="full-annotations/ of pathodet synth (true recall).")
+    ] = None,
+    iou: Annotated[float, typer.Option(help="IoU to match a prediction to a box.")] = 0.3,
+    cv: Annotated[
+        list[Path] | None, typer.Option(help="Fold evaluation folders to aggregate.")
+    ] = None,
+    precision: Annotated[str, typer.Option(help="With --checkpoint: fp32 or bf16.")] = "fp32",
+) -> None:
+    """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
+    from pathodet.data.io import atomic_write_text
+    from pathodet.eval.report import cross_validation, cv_md
+    from pathodet.eval.run import run_evaluate
+
+    with _user_errors():
+        if cv:
+            summary = cross_validation(cv)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "cv.json", json.dumps(summary, indent=2))
+            atomic_write_text(out / "cv.md", cv_md(summary))
+            typer.echo(json.dumps(summary))
+            return
+        if data is None or (predictions is None) == (checkpoint is None):
+            _fail("give --data and one of --predictions CSV or --checkpoint CKPT (or --cv RUNS)")
+        if checkpoint is not None:
+            from pathodet.engine.predict import PredictSettings
+            from pathodet.engine.predict_run import run_predict
+
+            with _progress("predict") as update:
+                run_predict(checkpoint, [data], out / "predictions",
+                            PredictSettings(precision=precision), progress=update)  # type: ignore[arg-type]  # fmt: skip
+            predictions = out / "predictions" / "predictions.csv"
+        metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou)
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "problems"}))
 
 
 @bench_app.command("loss-overhead")

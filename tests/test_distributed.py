@@ -177,8 +177,14 @@ def test_torchrun_training_matches_single_process(tmp_path):
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     a = torch.load(tmp_path / "one/last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "two/last.pt", weights_only=True)["model"]
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=2e-3, msg=k)
+    torch.manual_seed(0)  # the runs' initial weights (train.seed 0)
+    init = SRCRetinaNet(ModelConfig(norm="gn", fpn_channels=32)).state_dict()
+    keys = [k for k in a if a[k].is_floating_point()]
+    moved = torch.cat([(a[k] - init[k]).flatten() for k in keys]).norm()
+    apart = torch.cat([(b[k] - a[k]).flatten() for k in keys]).norm()
+    assert moved > 0
+    # the two runs differ by a tiny fraction of how far training moved the weights
+    assert apart / moved < 1e-2, f"{float(apart / moved):.3g}"
 
 
 if __name__ == "__main__":

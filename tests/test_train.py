@@ -211,6 +211,44 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(data, tmp_path,
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_nan_gradient_with_finite_loss_stops_before_the_update(data, tmp_path, monkeypatch):
+    real = train_mod.detection_loss
+    calls = {"n": 0}
+
+    def poisoned(outputs, *args, **kwargs):
+        out = real(outputs, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # value unchanged (sqrt(0) = 0), gradient 0 * inf = NaN
+            out["loss"] = out["loss"] + torch.sqrt(outputs.cls_logits.float().sum() * 0.0)
+        return out
+
+    monkeypatch.setattr(train_mod, "detection_loss", poisoned)
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    with pytest.raises(TrainingDiverged, match=r"step 3 \(epoch 1\): gradient norm is nan"):
+        train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    state = load_checkpoint(tmp_path / "run/last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_validation_never_becomes_best(data, tmp_path, monkeypatch):
+    real = train_mod.Trainer.validate
+    calls = {"n": 0}
+
+    def first_nan(self):
+        out = real(self)
+        calls["n"] += 1
+        return {**out, "loss": float("nan")} if calls["n"] == 1 else out
+
+    monkeypatch.setattr(train_mod.Trainer, "validate", first_nan)
+    lines: list[str] = []
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    summary = train(cfg, tmp_path / "run", progress=False, log=lines.append)
+    assert summary["best"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run/best.pt")["epoch"] == 2
+    assert any("validation loss is nan" in m for m in lines)
+
+
 def test_existing_run_is_not_overwritten(focal_run, data):
     cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
     before = (focal_run / "last.pt").stat().st_mtime_ns
@@ -237,6 +275,9 @@ def test_cli_errors_are_one_line(tmp_path, data, focal_run):
     res = subprocess.run(_cli("train", "--resume", str(focal_run), "--set", "loss.name=ce"),
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "loss.name cannot change" in res.stderr
+    res = subprocess.run(_cli("train", "--resume", str(focal_run), "--out", str(tmp_path)),
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 2 and "give neither CONFIG nor --out" in res.stderr
     res = subprocess.run(_cli("train", "--resume", str(tmp_path)), capture_output=True, text=True)
     assert res.returncode == 2 and "no last.pt" in res.stderr
 

@@ -45,8 +45,12 @@ def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun; return this process's :class:`DistInfo`."""
     info = env_dist_info()
     if info.distributed and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            dev = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(dev)  # else every rank may create its context on GPU 0
+            dist.init_process_group(backend="nccl", device_id=dev)
+        else:
+            dist.init_process_group(backend="gloo")
     return info
 
 

@@ -20,10 +20,18 @@ HEADER = ["step", "epoch", "split", "name", "value"]
 class MetricsLog:
     """Append-only metrics of one run (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_step: int | None = None,
+        tensorboard: bool = True,
+        redo_val: bool = False,
+    ):
+        """Open the log; ``resume_step`` drops rows after it (and, with ``redo_val``, the
+        validation rows at it, which the resumed run logs again)."""
         self.path = Path(run_dir) / "metrics.csv"
         if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
+            self._truncate_after(resume_step, redo_val)
         elif not self.path.exists() or resume_step is None:
             atomic_write_text(self.path, ",".join(HEADER) + "\n")
         self._file = self.path.open("a", encoding="utf-8", newline="")
@@ -32,12 +40,18 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+            # events at steps after the checkpoint are hidden (the resumed run redoes them)
+            purge = None if resume_step is None else resume_step + 1
+            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int, redo_val: bool) -> None:
         with self.path.open(encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f))
-        kept = [r for r in rows[1:] if len(r) == len(HEADER) and int(r[0]) <= step]
+        kept = [
+            r for r in rows[1:]
+            if len(r) == len(HEADER) and (int(r[0]) < step or (int(r[0]) == step and not (
+                redo_val and r[2] == "val")))
+        ]  # fmt: skip
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([HEADER, *kept])
         atomic_write_text(self.path, buf.getvalue())

@@ -53,14 +53,16 @@ def median_box_score(
     """``T``: the median over annotated boxes of the best prior score among the box's positive anchors.
 
     Args:
-        indices: tiles holding annotated boxes (the first ``limit`` are used).
+        indices: tiles holding annotated boxes (a seeded random ``limit`` of them are used).
 
     Raises:
         ValueError: no annotated box got a positive anchor.
     """
     scores: list[float] = []
     device = next(scorer.model.parameters()).device
-    for i in indices[:limit]:
+    # a seeded random sample: the first tiles in dataset order come from few images
+    order = np.random.default_rng(0).permutation(len(indices))[:limit]
+    for i in (indices[k] for k in order):
         images, boxes, _ = collate([tiles[i]])
         with torch.no_grad(), autocast(scorer.precision, device):
             out = scorer.model(images.to(device))

@@ -62,6 +62,19 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` with every file path absolute, so a run resumes from any directory."""
+    cfg = cfg.model_copy(deep=True)
+    for section, key in (("data", "root"), ("data", "folds"), ("model", "weights")):
+        obj = getattr(cfg, section)
+        if getattr(obj, key) is not None:
+            setattr(obj, key, Path(getattr(obj, key)).absolute())
+    ss = cfg.loss.soft_sampling
+    if ss.prior_checkpoint is not None:
+        ss.prior_checkpoint = Path(ss.prior_checkpoint).absolute()
+    return cfg
+
+
 def save_run_config(cfg: Config, run_dir: Path) -> None:
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_text(run_dir / CONFIG_FILE, text)
@@ -85,7 +98,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.info = init_distributed(pick_device(tc.device, DistInfo()))
         self.device = pick_device(tc.device, self.info)
-        if self.info.is_main and not resume and (self.run_dir / LAST).exists():
+        if not resume and (self.run_dir / LAST).exists():  # every rank: nobody waits alone
             raise RunExists(
                 f"{self.run_dir} already holds a run (last.pt): continue it with --resume "
                 f"{self.run_dir}, or choose another --out"
@@ -94,7 +107,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         model = build_retinanet(cfg.model)
         resolved = resolve_norm(cfg.model.norm, model.pretrained)
-        self.cfg = cfg.model_copy(deep=True)
+        self.cfg = absolute_paths(cfg)
         self.cfg.model.norm = resolved  # type: ignore[assignment]
         self.model: SRCRetinaNet = model.to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -104,6 +117,7 @@ class Trainer:
         g = cfg.loss.ghm
         self.ghm_acc_sum = torch.zeros(g.bins, device=self.device) if g.momentum > 0 else None
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
+        self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         if resume:
             self._restore(load_checkpoint(self.run_dir / LAST))
         self.net = self.model
@@ -136,8 +150,12 @@ class Trainer:
         self.progress = progress and self.info.is_main
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.run_dir.glob(".*.pt.*.tmp"):  # left by a run killed mid-write
+                tmp.unlink(missing_ok=True)
             save_run_config(self.cfg, self.run_dir)
-            self.logs = MetricsLog(self.run_dir, self.step if resume else None)
+            # resuming before the epoch-end validation: its rows at this step are redone
+            at_end = resume and self.batch >= self.sampler.batches_per_epoch()
+            self.logs = MetricsLog(self.run_dir, self.step if resume else None, redo_val=at_end)
             for p in self.data.problems:
                 self.log_line(f"warning: {p.file}: {p.error}")
 
@@ -149,6 +167,7 @@ class Trainer:
             self.ghm_acc_sum.copy_(state["ghm_acc_sum"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
+        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
 
     def state(self) -> dict:
         tc = self.cfg.train
@@ -167,6 +186,8 @@ class Trainer:
             "step": self.step,
             "best": self.best,
             "metrics": self.metrics,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
         }
 
     def save(self, name: str = LAST) -> None:
@@ -209,23 +230,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # each rank holds its share of the global-batch loss; DDP averages gradients
         (losses["loss"] * self.info.world_size).backward()
-        grad_norm = float("nan")
-        if tc.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+        # the total gradient norm (gradients are already summed over ranks), clipped if asked
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), tc.grad_clip or float("inf")))  # fmt: skip
         values = torch.stack([losses[k].detach().float() for k in ("loss", "cls", "reg")])
         values = all_reduce_sum(values) if reduce else values
-        if not torch.isfinite(values).all():
+        if not (torch.isfinite(values).all() and math.isfinite(grad_norm)):
+            what = f"loss is {float(values[0])}" if not torch.isfinite(values).all() else (
+                f"gradient norm is {grad_norm}")  # fmt: skip
             raise TrainingDiverged(
-                f"step {self.step + 1} (epoch {self.epoch + 1}): loss is {float(values[0])}; "
-                f"stopped without updating the weights. {self.run_dir / LAST} "
-                "(if any) holds the last good state; lower train.lr or set train.grad_clip"
+                f"step {self.step + 1} (epoch {self.epoch + 1}): {what}; stopped without "
+                f"updating the weights. {self.run_dir / LAST} (if any) holds the last good "
+                "state; lower train.lr or set train.grad_clip"
             )
         self.optimizer.step()
         out = dict(zip(("loss", "cls", "reg"), values.tolist(), strict=True))
         out["positives"] = float(all_reduce_sum(losses["positives"].float()))
         out["lr"] = tc.lr_at(self.epoch, self.step)
-        if tc.grad_clip is not None:
-            out["grad_norm"] = grad_norm
+        out["grad_norm"] = grad_norm
         return out
 
     @torch.no_grad()
@@ -255,12 +277,15 @@ class Trainer:
         tc = self.cfg.train
         n_batches = self.sampler.batches_per_epoch()
         bar = TrainProgress(tc.epochs, n_batches, enabled=self.progress)
-        with bar if self.progress else nullcontext():
-            while self.epoch < tc.epochs:
-                self._run_epoch(bar, n_batches)
-        barrier()
-        if self.info.is_main:
-            self.logs.close()
+        try:
+            with bar if self.progress else nullcontext():
+                while self.epoch < tc.epochs:
+                    self._run_epoch(bar, n_batches)
+            barrier()
+        finally:
+            if self.info.is_main:
+                self.logs.close()
+            self.loader = None  # let persistent DataLoader workers exit
         return {
             "run_dir": str(self.run_dir),
             "epochs": self.epoch,
@@ -273,13 +298,12 @@ class Trainer:
         tc = self.cfg.train
         self.sampler.start_at(self.epoch, self.batch)
         bar.start_epoch(self.epoch, self.batch)
-        window: list[float] = []
         t0, tiles = time.perf_counter(), 0
         for images, boxes, ap in self.loader:
             values = self.train_step(images, boxes, ap)
             self.step, self.batch = self.step + 1, self.batch + 1
+            self.loss_sum, self.loss_count = self.loss_sum + values["loss"], self.loss_count + 1
             tiles += tc.batch_size
-            window.append(values["loss"])
             rate = tiles / max(time.perf_counter() - t0, 1e-9)
             bar.advance(values["loss"], rate)
             if self.info.is_main and (self.step % tc.log_every == 0 or self.batch == n_batches):
@@ -287,21 +311,24 @@ class Trainer:
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
         val = self.validate() if self.info.is_main else {}
-        self.epoch, self.batch = self.epoch + 1, 0
         if self.info.is_main:
-            mean = sum(window) / max(len(window), 1)
+            mean = self.loss_sum / max(self.loss_count, 1)
             self.metrics = {"train_loss": mean, **{f"val_{k}": v for k, v in val.items()}}
-            self.logs.log(self.step, self.epoch - 1, "val", val)
-            improved = "val_loss" in self.metrics and (
-                self.best is None or self.metrics["val_loss"] < self.best["value"]
+            self.logs.log(self.step, self.epoch, "val", val)
+            v = self.metrics.get("val_loss")
+            if v is not None and not math.isfinite(v):
+                self.log_line(f"warning: epoch {self.epoch + 1}: validation loss is {v}")
+            improved = (
+                v is not None and math.isfinite(v) and (self.best is None or v < self.best["value"])
             )
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+        if self.info.is_main:
             if improved:
-                self.best = {"metric": "val_loss", "value": self.metrics["val_loss"],
-                             "epoch": self.epoch}  # fmt: skip
+                self.best = {"metric": "val_loss", "value": v, "epoch": self.epoch}
+                self.save(BEST)  # before last.pt: a kill in between re-validates on resume
             self.save()
-            if improved:
-                self.save(BEST)
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items() if math.isfinite(v))
+            shown = ", ".join(f"{k} {x:.4f}" for k, x in self.metrics.items())
             self.log_line(f"epoch {self.epoch}/{tc.epochs}: {shown}")
         barrier()
 

@@ -98,7 +98,7 @@ def dghm_c_loss(
     with a single non-empty group, GHM-C itself.
     """
     check_flat(logits, targets, ap_image)
-    if logits.numel() == 0:
+    if logits.numel() == 0 and reduce is None:  # with reduce, still join the all-reduce
         return logits.sum() * 0.0
     g = gradient_norm(logits, targets)
     group, mu = dghm_groups(targets, ap_image, mu_n, mu_c, star)

@@ -81,7 +81,7 @@ def ghm_c_loss(
 ) -> Tensor:
     """GHM-C loss (eq. 7) over ``(N,)`` logits and targets; weights are not differentiated."""
     check_flat(logits, targets)
-    if logits.numel() == 0:
+    if logits.numel() == 0 and reduce is None:  # with reduce, still join the all-reduce
         return logits.sum() * 0.0
     g = gradient_norm(logits, targets)
     w, _ = ghm_weights(g, bins, momentum, acc_sum, reduce)

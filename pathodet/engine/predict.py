@@ -1,0 +1,180 @@
+"""Detection on whole images: overlapping tiles, batched, merged without seam duplicates.
+
+An image is cut into ``tile`` x ``tile`` windows overlapping by ``overlap`` pixels (the last
+window of a row or column aligned to the border). Each window is detected on its own; a
+detection is kept only when its centre lies in the window's *core*: the part of the
+window closer to its own centre than to the neighbour's, i.e. the overlap is split at its
+middle. Every point of the image lies in exactly one core, so a cell is reported by one
+window only; when ``overlap`` is at least the cell size, that window sees the whole cell.
+A final NMS over the whole image removes what remains (cells straddling a core border with
+boxes from both sides).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import nms
+
+from pathodet.data.samples import read_image
+from pathodet.data.tiling import window_starts
+from pathodet.engine.step import Precision, autocast
+from pathodet.eval.predictions import ImagePredictions
+from pathodet.model.retinanet import SRCRetinaNet, postprocess
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How whole images are cut and merged (pixels), and how detections are filtered."""
+
+    tile: int = 1024
+    overlap: int = 128
+    batch_size: int = 4
+    precision: Precision = "fp32"
+    score_threshold: float = 0.05
+    nms_iou: float = 0.5
+    max_per_image: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.tile < 64 or self.tile % 32:
+            raise ValueError(f"tile must be a multiple of 32 and >= 64, got {self.tile}")
+        if not 0 <= self.overlap < self.tile:
+            raise ValueError(f"overlap must be in [0, tile), got {self.overlap}")
+
+
+def core_bounds(starts: Sequence[int], tile: int) -> list[tuple[float, float]]:
+    """Per window along one axis, ``[lo, hi)`` of its core (image pixels).
+
+    >>> core_bounds([0, 896, 976], 1024)
+    [(-inf, 960.0), (960.0, 1000.0), (1000.0, inf)]
+    """
+    cuts = [(s + t + tile) / 2 for s, t in zip(starts[:-1], starts[1:], strict=True)]
+    lo = [-np.inf, *cuts]
+    hi = [*cuts, np.inf]
+    return list(zip(lo, hi, strict=True))
+
+
+def _pad_to(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pad bottom/right with white (glass) to at least ``h`` x ``w``."""
+    ph, pw = max(0, h - rgb.shape[0]), max(0, w - rgb.shape[1])
+    if ph or pw:
+        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), constant_values=255)
+    return rgb
+
+
+WindowDetector = Callable[[Tensor], list[dict[str, Tensor]]]
+"""``(B, 3, h, w)`` float images in [0, 1] -> per window ``{"boxes" (K, 4), "scores" (K,)}``."""
+
+
+def retinanet_detector(
+    model: SRCRetinaNet, settings: PredictSettings, device: torch.device
+) -> WindowDetector:
+    """The detector's windows-to-boxes function at the run's threshold and precision."""
+    # per window: the run's threshold, and no cap below the whole image's
+    inf = model.cfg.inference.model_copy(update={
+        "score_threshold": settings.score_threshold,
+        "max_detections": max(settings.max_per_image, model.cfg.inference.max_detections),
+    })  # fmt: skip
+    model.eval()
+
+    @torch.no_grad()
+    def detect(images: Tensor) -> list[dict[str, Tensor]]:
+        with autocast(settings.precision, device):
+            outputs = model(images.to(device))
+        return postprocess(outputs, inf)
+
+    return detect
+
+
+def detect_image(
+    model: SRCRetinaNet | WindowDetector,
+    rgb: np.ndarray,
+    settings: PredictSettings,
+    device: torch.device | None = None,
+) -> ImagePredictions:
+    """Detections of one ``(H, W, 3)`` uint8 image in its pixel coordinates.
+
+    ``model`` is the detector, or any :data:`WindowDetector` (tests use a pixel-rule one).
+    """
+    if isinstance(model, SRCRetinaNet):
+        detect = retinanet_detector(model, settings, device or torch.device("cpu"))
+    else:
+        detect = model
+    h, w = rgb.shape[:2]
+    # an image smaller than the tile is padded up to a multiple of 32 and run as one window
+    th = min(settings.tile, -(-h // 32) * 32)
+    tw = min(settings.tile, -(-w // 32) * 32)
+    padded = _pad_to(rgb, th, tw)
+    ys = window_starts(padded.shape[0], th, th - settings.overlap)
+    xs = window_starts(padded.shape[1], tw, tw - settings.overlap)
+    cores_y, cores_x = core_bounds(ys, th), core_bounds(xs, tw)
+    windows = [(x, y, cx, cy) for y, cy in zip(ys, cores_y, strict=True)
+               for x, cx in zip(xs, cores_x, strict=True)]  # fmt: skip
+    boxes, scores = [], []
+    for k in range(0, len(windows), settings.batch_size):
+        chunk = windows[k : k + settings.batch_size]
+        batch = np.stack([padded[y : y + th, x : x + tw] for x, y, _, _ in chunk])
+        images = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        for (x, y, (cx0, cx1), (cy0, cy1)), det in zip(chunk, detect(images), strict=True):
+            b = det["boxes"].float().cpu().numpy().astype(np.float64) + [x, y, x, y]
+            mx, my = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            keep = (mx >= cx0) & (mx < cx1) & (my >= cy0) & (my < cy1)
+            boxes.append(b[keep])
+            scores.append(det["scores"].float().cpu().numpy().astype(np.float64)[keep])
+    b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    b[:, 0::2] = b[:, 0::2].clip(0, w)  # padding is not image
+    b[:, 1::2] = b[:, 1::2].clip(0, h)
+    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    b, s = b[ok], s[ok]
+    keep = nms(torch.from_numpy(b), torch.from_numpy(s), settings.nms_iou).numpy()
+    keep = keep[: settings.max_per_image]
+    return ImagePredictions(b[keep], s[keep])
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers: ``{"index", "image"}`` or ``{"index", "error"}``."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"index": i, "image": read_image(self.paths[i])}
+        except Exception as exc:  # one bad file must not stop the batch
+            return {"index": i, "error": f"{self.paths[i]}: {exc}"}
+
+
+def detect_files(
+    model: SRCRetinaNet,
+    paths: Sequence[Path],
+    settings: PredictSettings,
+    device: torch.device,
+    num_workers: int = 1,
+) -> Iterator[tuple[int, ImagePredictions | str, tuple[int, int]]]:
+    """``(index, predictions or error message, (width, height))`` per path, in order.
+
+    Decoding runs in ``num_workers`` processes, ahead of the detector.
+    """
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(paths), batch_size=None, num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )  # fmt: skip
+    for item in loader:
+        if "error" in item:
+            yield item["index"], item["error"], (0, 0)
+            continue
+        rgb = np.asarray(item["image"])
+        yield (
+            item["index"],
+            detect_image(model, rgb, settings, device),
+            (rgb.shape[1], rgb.shape[0]),
+        )

@@ -1,0 +1,128 @@
+"""``pathodet predict``: a checkpoint over image files, folders or a DigestPath root.
+
+Writes into ``out``::
+
+    predictions.csv            image,x1,y1,x2,y2,score (what ``pathodet evaluate`` reads)
+    xml/<stem>.xml             VOC XML per image, like the challenge submission (+ score)
+    geojson/<stem>.geojson     QuPath detections per image
+    overlays/<stem>.png        the image with detections drawn (``overlays=True``)
+    problems.json              images that could not be read, with the reason
+    predict.json               the settings and checkpoint of the run
+
+Per-image files are written atomically as each image finishes, and ``predictions.csv`` at
+the end from them, so a killed run that is started again with the same settings skips the
+images already done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
+from pathodet.data.geojson import read_geojson, write_geojson
+from pathodet.data.io import atomic_write_image, atomic_write_text
+from pathodet.data.overlay import draw_boxes
+from pathodet.data.voc import write_voc
+from pathodet.engine.checkpoint import load_detector
+from pathodet.engine.predict import PredictSettings, detect_files
+from pathodet.eval.predictions import ImagePredictions, write_predictions
+
+
+def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly, in folders (not recursive), or in a DigestPath root.
+
+    Raises:
+        FileNotFoundError: an input that does not exist.
+        ValueError: two images with the same file name (outputs are keyed by it), or none.
+    """
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise FileNotFoundError(f"{item}: no such file or folder")
+        if item.is_file() and item.suffix.lower() == ".csv":
+            paths += [r.image for r in load_records(item)]
+        elif item.is_file():
+            paths.append(item)
+        elif (item / POS_DIR).is_dir() or (item / NEG_DIR).is_dir():
+            paths += [r.image for r in load_records(item)]
+        else:
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.name in seen and seen[p.name] != p:
+            raise ValueError(f"two images named {p.name}: {seen[p.name]} and {p}")
+        seen[p.name] = p
+    if not seen:
+        raise ValueError(f"no images in {', '.join(map(str, inputs))}")
+    return list(seen.values())
+
+
+def _fingerprint(checkpoint: Path, settings: PredictSettings) -> dict:
+    st = checkpoint.stat()
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_size": st.st_size,
+            "checkpoint_mtime_ns": st.st_mtime_ns, **asdict(settings)}  # fmt: skip
+
+
+def run_predict(
+    checkpoint: Path,
+    inputs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    settings: PredictSettings,
+    overlays: bool = False,
+    num_workers: int = 1,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Predict every image; returns ``{"images", "predictions", "problems", "skipped"}``."""
+    paths = list_images(inputs)
+    model, _ = load_detector(checkpoint)
+    dev = torch.device("cuda" if device == "cuda" or
+                       (device == "auto" and torch.cuda.is_available()) else "cpu")  # fmt: skip
+    model.to(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(Path(checkpoint), settings)
+    state_file = out / "predict.json"
+    same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
+    atomic_write_text(state_file, json.dumps({"settings": fp}, indent=2))
+
+    def geo(p: Path) -> Path:
+        return out / "geojson" / f"{p.stem}.geojson"
+
+    done = {i for i, p in enumerate(paths) if same and geo(p).is_file()}
+    todo = [p for i, p in enumerate(paths) if i not in done]
+    problems: dict[str, str] = {}
+    for k, (i, result, (w, h)) in enumerate(detect_files(model, todo, settings, dev, num_workers)):
+        path = todo[i]
+        if isinstance(result, str):
+            problems[path.name] = result
+        else:
+            write_voc(out / "xml" / f"{path.stem}.xml", path.name, w, h, result.boxes,
+                      result.scores)  # fmt: skip
+            write_geojson(geo(path), result.boxes, result.scores, path.name)
+            if overlays:
+                from pathodet.data.samples import read_image
+
+                img = draw_boxes(read_image(path), result.boxes, (255, 40, 40))
+                atomic_write_image(out / "overlays" / f"{path.stem}.png", img)
+        if progress:
+            progress(len(done) + k + 1, len(paths))
+    preds: dict[str, ImagePredictions] = {}
+    for p in paths:
+        if p.name not in problems and geo(p).is_file():
+            preds[p.name] = ImagePredictions(*read_geojson(geo(p)))
+    write_predictions(out / "predictions.csv", preds)
+    atomic_write_text(out / "problems.json", json.dumps(
+        [{"file": k, "error": v} for k, v in problems.items()], indent=1))  # fmt: skip
+    return {
+        "images": len(preds),
+        "predictions": int(sum(len(p.scores) for p in preds.values())),
+        "problems": len(problems),
+        "skipped": len(done),
+        "out": str(out),
+    }

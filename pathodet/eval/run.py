@@ -1,0 +1,41 @@
+"""``pathodet evaluate``: predictions CSV + DigestPath root -> metrics.json, froc.png, report.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pathodet.eval.metrics import curve, evaluate, per_image
+from pathodet.eval.predictions import PredictionsError, read_predictions
+from pathodet.eval.report import write_report
+from pathodet.eval.truth import load_truth
+
+
+def run_evaluate(
+    data: str | os.PathLike[str],
+    predictions: str | os.PathLike[str],
+    out: Path,
+    removed: str | os.PathLike[str] | None = None,
+    full: str | os.PathLike[str] | None = None,
+    iou_threshold: float = 0.3,
+) -> dict:
+    """Evaluate ``predictions`` on ``data`` and write the report into ``out``.
+
+    Raises:
+        PredictionsError: a bad row, or a prediction for an image that is not in ``data``.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"IoU threshold must be in (0, 1], got {iou_threshold}")
+    gt = load_truth(data, removed, full)
+    preds = read_predictions(predictions)
+    unknown = sorted(set(preds) - set(gt.truth))
+    if unknown:
+        raise PredictionsError(
+            f"{predictions}: {len(unknown)} image(s) not in {data}, e.g. {unknown[0]!r}"
+        )
+    metrics = evaluate(preds, gt.truth, iou_threshold, gt.removed, gt.full)
+    metrics["problems"] = [p.as_dict() for p in gt.problems]
+    _, recall, nfp = curve(preds, gt.truth, iou_threshold)
+    write_report(Path(out), metrics, per_image(preds, gt.truth, iou_threshold), recall, nfp,
+                 f"{predictions} on {data}")  # fmt: skip
+    return metrics
