@@ -167,7 +167,7 @@ class Trainer:
             self.ghm_acc_sum.copy_(state["ghm_acc_sum"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
-        self.loss_sum, self.loss_count = state["loss_sum"], state["loss_count"]
+        self.loss_sum, self.loss_count = state.get("loss_sum", 0.0), state.get("loss_count", 0)
 
     def state(self) -> dict:
         tc = self.cfg.train
