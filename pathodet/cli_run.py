@@ -35,6 +35,7 @@ def train_cmd(
     from pathodet.engine.checkpoint import CheckpointError
     from pathodet.engine.dist import env_dist_info
     from pathodet.engine.train import CONFIG_FILE, RunExists, TrainingDiverged, train
+    from pathodet.eval.validation import tile_metrics
 
     with user_errors():
         if resume is not None:
@@ -55,8 +56,10 @@ def train_cmd(
             cfg = load_config(config, set_)
             run_dir = out or Path("runs") / config.stem
         try:
-            summary = train(cfg, run_dir, resume=resume is not None, progress=not quiet,
-                            log=lambda m: typer.echo(m, err=True))  # fmt: skip
+            summary = train(
+                cfg, run_dir, resume=resume is not None, progress=not quiet,
+                log=lambda m: typer.echo(m, err=True), val_metrics=tile_metrics,
+            )  # fmt: skip
         except (RunExists, CheckpointError) as exc:
             fail(str(exc))
         except TrainingDiverged as exc:

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from pathodet.eval.matching import greedy_match, iou_matrix
-from pathodet.eval.metrics import Truth, evaluate, froc_points
-from pathodet.eval.predictions import (
+from pathodet.data.predictions import (
     ImagePredictions,
     PredictionsError,
     predictions_csv,
     read_predictions,
 )
+from pathodet.eval.matching import greedy_match, iou_matrix
+from pathodet.eval.metrics import Truth, evaluate, froc_points
 from pathodet.eval.report import cross_validation
 
 

@@ -15,6 +15,7 @@ import torch
 
 from pathodet.config import load_config
 from pathodet.data.io import atomic_write_image
+from pathodet.data.predictions import read_predictions
 from pathodet.data.synth import synthesize_image, write_synthetic_dataset
 from pathodet.data.tiling import window_starts
 from pathodet.engine.checkpoint import load_detector
@@ -22,7 +23,6 @@ from pathodet.engine.predict import PredictSettings, core_bounds, detect_image
 from pathodet.engine.predict_run import run_predict
 from pathodet.engine.train import train
 from pathodet.eval.matching import iou_matrix
-from pathodet.eval.predictions import read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

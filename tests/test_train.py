@@ -94,6 +94,41 @@ def test_run_writes_checkpoints_config_and_logs(focal_run):
     assert cfg.loss.name == "focal"
 
 
+def test_validation_froc_picks_the_best_checkpoint(data, tmp_path):
+    from pathodet.eval.validation import tile_metrics
+
+    cfg = load_config(
+        REPO / "configs/focal.yaml", tiny(data, **{"train.epochs": "3", "train.val_tiles": "8"})
+    )
+    summary = train(cfg, tmp_path / "run", progress=False, log=lambda m: None,
+                    val_metrics=tile_metrics)  # fmt: skip
+    rows = read_metrics(tmp_path / "run")
+    froc = {r["epoch"]: r["value"] for r in rows if r["split"] == "val" and r["name"] == "froc"}
+    assert sorted(froc) == [0, 1, 2]
+    assert all(0.0 <= v <= 1.0 for v in froc.values())
+    assert summary["best"]["metric"] == "val_froc"
+    best_epoch = max(sorted(froc), key=lambda e: froc[e])  # first epoch reaching the max
+    assert summary["best"]["epoch"] == best_epoch + 1
+    assert load_checkpoint(tmp_path / "run/best.pt")["epoch"] == best_epoch + 1
+
+
+def test_tile_metrics_by_hand():
+    import numpy as np
+
+    from pathodet.data.predictions import ImagePredictions
+    from pathodet.eval.validation import tile_metrics
+
+    preds = {
+        "a": ImagePredictions(np.array([[0, 0, 10, 10.0]]), np.array([0.9])),
+        "n": ImagePredictions(np.array([[0, 0, 5, 5.0], [9, 9, 19, 19]]), np.array([0.8, 0.7])),
+    }
+    truth = {"a": ("AP", np.array([[0, 0, 10, 10.0], [50, 50, 60, 60]])),
+             "n": ("NP", np.zeros((0, 4)))}  # fmt: skip
+    m = tile_metrics(preds, truth)
+    # recall 1/2; nfp 2 per NP tile; the hit (0.9) enters before any FP -> 0.5 at every k
+    assert m == {"recall": 0.5, "nfp": 2.0, "froc": 0.5}
+
+
 def test_lr_schedule_follows_milestones_and_warmup():
     tc = TrainConfig(lr=1e-4, milestones=[9, 12], lr_gamma=0.1, warmup_steps=4)
     assert tc.lr_at(0, 0) == pytest.approx(0.25e-4)

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from pathodet.data.predictions import ImagePredictions
 from pathodet.data.samples import read_image
 from pathodet.data.tiling import window_starts
 from pathodet.engine.step import Precision, autocast
-from pathodet.eval.predictions import ImagePredictions
 from pathodet.model.retinanet import SRCRetinaNet, postprocess
 
 

@@ -28,10 +28,10 @@ from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_reco
 from pathodet.data.geojson import read_geojson, write_geojson
 from pathodet.data.io import atomic_write_image, atomic_write_text
 from pathodet.data.overlay import draw_boxes
+from pathodet.data.predictions import ImagePredictions, write_predictions
 from pathodet.data.voc import write_voc
 from pathodet.engine.checkpoint import load_detector
 from pathodet.engine.predict import PredictSettings, detect_files
-from pathodet.eval.predictions import ImagePredictions, write_predictions
 
 
 def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:

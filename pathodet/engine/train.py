@@ -10,7 +10,8 @@ Run folder::
 
     config.yaml     the resolved config (what --resume reads)
     last.pt         latest checkpoint (every train.checkpoint_every steps and each epoch)
-    best.pt         checkpoint of the epoch with the lowest validation loss
+    best.pt         checkpoint of the best epoch: highest validation FROC (with val_metrics,
+                    as pathodet train passes), else lowest validation loss
     metrics.csv     step, epoch, split, name, value
     tb/             TensorBoard event files
 """
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
@@ -31,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pathodet.config import Config
 from pathodet.data.augment import TileAugment
 from pathodet.data.io import atomic_write_text
+from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
 from pathodet.engine.data import AugmentedTiles, TrainingData, training_data, validation_batches
@@ -41,9 +44,15 @@ from pathodet.engine.progress import TrainProgress
 from pathodet.engine.step import autocast, collate
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import build_retinanet
-from pathodet.model.retinanet import SRCRetinaNet, resolve_norm
+from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
 
 CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
+
+
+ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
+"""Scores validation detections: per tile predictions and ``(attribute, boxes)`` truth ->
+``{"froc": ..., "recall": ..., ...}`` (values may be None). ``pathodet train`` passes
+:func:`pathodet.eval.validation.tile_metrics`; the best checkpoint then maximises FROC."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,8 +99,10 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        val_metrics: ValMetrics | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.val_metrics = val_metrics
         self.log_line = log
         tc = cfg.train
         if tc.threads:
@@ -252,12 +263,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss over the fixed held-out batches (rank 0's view; cheap and comparable)."""
+        """Mean loss over the fixed held-out batches (rank 0), and with ``val_metrics`` the
+        challenge metrics of the detections on those tiles."""
         if not self.val_batches:
             return {}
         self.model.eval()
         acc = None if self.ghm_acc_sum is None else self.ghm_acc_sum.clone()
         totals = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
+        preds: dict[str, ImagePredictions] = {}
+        truth: dict[str, tuple[str, np.ndarray]] = {}
         for idx in self.val_batches:
             images, boxes, ap = collate([self.data.val[i] for i in idx])
             images = images.to(self.device)
@@ -270,6 +284,16 @@ class Trainer:
             )  # fmt: skip
             for k in totals:
                 totals[k] += float(losses[k]) / len(self.val_batches)
+            if self.val_metrics is not None:
+                dets = postprocess(outputs, self.cfg.model.inference)
+                for i, det, b, a in zip(idx, dets, boxes, ap.tolist(), strict=True):
+                    preds[f"tile{i}"] = ImagePredictions(
+                        det["boxes"].float().cpu().numpy(), det["scores"].float().cpu().numpy()
+                    )
+                    truth[f"tile{i}"] = ("AP" if a else "NP", b.numpy())
+        if self.val_metrics is not None:
+            extra = self.val_metrics(preds, truth)
+            totals.update({k: float(v) for k, v in extra.items() if v is not None})
         return totals
 
     # -- the loop ------------------------------------------------------------------------
@@ -315,17 +339,21 @@ class Trainer:
             mean = self.loss_sum / max(self.loss_count, 1)
             self.metrics = {"train_loss": mean, **{f"val_{k}": v for k, v in val.items()}}
             self.logs.log(self.step, self.epoch, "val", val)
-            v = self.metrics.get("val_loss")
+            # best: highest validation FROC when measured, else lowest validation loss
+            key = "val_froc" if "val_froc" in self.metrics else "val_loss"
+            sign = -1.0 if key == "val_froc" else 1.0
+            v = self.metrics.get(key)
             if v is not None and not math.isfinite(v):
-                self.log_line(f"warning: epoch {self.epoch + 1}: validation loss is {v}")
-            improved = (
-                v is not None and math.isfinite(v) and (self.best is None or v < self.best["value"])
-            )
+                self.log_line(f"warning: epoch {self.epoch + 1}: {key} is {v}")
+            improved = v is not None and math.isfinite(v) and (
+                self.best is None or self.best["metric"] != key
+                or sign * v < sign * self.best["value"]
+            )  # fmt: skip
         self.epoch, self.batch = self.epoch + 1, 0
         self.loss_sum, self.loss_count = 0.0, 0
         if self.info.is_main:
             if improved:
-                self.best = {"metric": "val_loss", "value": v, "epoch": self.epoch}
+                self.best = {"metric": key, "value": v, "epoch": self.epoch}
                 self.save(BEST)  # before last.pt: a kill in between re-validates on resume
             self.save()
             shown = ", ".join(f"{k} {x:.4f}" for k, x in self.metrics.items())
@@ -339,12 +367,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    val_metrics: ValMetrics | None = None,
 ) -> dict:
     """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary dict.
 
     Under torchrun every rank calls this; only rank 0 writes files and logs.
     """
     try:
-        return Trainer(cfg, run_dir, resume, progress, log).fit()
+        return Trainer(cfg, run_dir, resume, progress, log, val_metrics).fit()
     finally:
         shutdown()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pathodet.data.predictions import ImagePredictions
 from pathodet.eval.matching import greedy_match
-from pathodet.eval.predictions import ImagePredictions
 
 FROC_FPS = (1, 2, 4, 8, 16, 32)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pathodet.data.predictions import PredictionsError, read_predictions
 from pathodet.eval.metrics import curve, evaluate, per_image
-from pathodet.eval.predictions import PredictionsError, read_predictions
 from pathodet.eval.report import write_report
 from pathodet.eval.truth import load_truth
 
