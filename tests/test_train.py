@@ -274,7 +274,7 @@ def test_nan_validation_never_becomes_best(data, tmp_path, monkeypatch):
     summary = train(cfg, tmp_path / "run", progress=False, log=lines.append)
     assert summary["best"]["epoch"] == 2
     assert load_checkpoint(tmp_path / "run/best.pt")["epoch"] == 2
-    assert any("validation loss is nan" in m for m in lines)
+    assert any("val_loss is nan" in m for m in lines)
 
 
 def test_existing_run_is_not_overwritten(focal_run, data):
