@@ -17,6 +17,7 @@ import yaml
 from pathodet.config import ConfigError, load_config
 from pathodet.data.digestpath import DatasetError
 from pathodet.data.synth import write_synthetic_dataset
+from pathodet.engine import step as step_mod
 from pathodet.engine import train as train_mod
 from pathodet.engine.checkpoint import CheckpointError, load_checkpoint, load_detector
 from pathodet.engine.config import TrainConfig
@@ -240,7 +241,7 @@ POISONS = {
 def test_divergence_stops_at_the_step_and_keeps_last_good_checkpoint(
     message, data, tmp_path, monkeypatch
 ):
-    real = train_mod.detection_loss
+    real = step_mod.detection_loss
     calls = {"n": 0}
 
     def poisoned(outputs, *args, **kwargs):
@@ -250,7 +251,7 @@ def test_divergence_stops_at_the_step_and_keeps_last_good_checkpoint(
             out["loss"] = POISONS[message](outputs, out["loss"])
         return out
 
-    monkeypatch.setattr(train_mod, "detection_loss", poisoned)
+    monkeypatch.setattr(step_mod, "detection_loss", poisoned)
     cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
     with pytest.raises(TrainingDiverged, match=rf"step 3 \(epoch 1\): {message}"):
         train(cfg, tmp_path / "run", progress=False, log=lambda m: None)

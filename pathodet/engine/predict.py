@@ -159,10 +159,11 @@ def detect_files(
     settings: PredictSettings,
     device: torch.device,
     num_workers: int = 1,
-) -> Iterator[tuple[int, ImagePredictions | str, tuple[int, int]]]:
-    """``(index, predictions or error message, (width, height))`` per path, in order.
+) -> Iterator[tuple[int, ImagePredictions | str, np.ndarray | None]]:
+    """``(index, predictions or error message, decoded (H, W, 3) image or None)`` per path.
 
-    Decoding runs in ``num_workers`` processes, ahead of the detector.
+    Decoding runs in ``num_workers`` processes, ahead of the detector; the decoded image is
+    passed on so callers (overlays, sizes) never decode it again.
     """
     loader = torch.utils.data.DataLoader(
         ImageFiles(paths), batch_size=None, num_workers=num_workers,
@@ -170,11 +171,7 @@ def detect_files(
     )  # fmt: skip
     for item in loader:
         if "error" in item:
-            yield item["index"], item["error"], (0, 0)
+            yield item["index"], item["error"], None
             continue
         rgb = np.asarray(item["image"])
-        yield (
-            item["index"],
-            detect_image(model, rgb, settings, device),
-            (rgb.shape[1], rgb.shape[0]),
-        )
+        yield item["index"], detect_image(model, rgb, settings, device), rgb

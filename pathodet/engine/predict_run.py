@@ -97,18 +97,17 @@ def run_predict(
     done = {i for i, p in enumerate(paths) if same and geo(p).is_file()}
     todo = [p for i, p in enumerate(paths) if i not in done]
     problems: dict[str, str] = {}
-    for k, (i, result, (w, h)) in enumerate(detect_files(model, todo, settings, dev, num_workers)):
+    for k, (i, result, rgb) in enumerate(detect_files(model, todo, settings, dev, num_workers)):
         path = todo[i]
         if isinstance(result, str):
             problems[path.name] = result
         else:
+            h, w = rgb.shape[:2]
             write_voc(out / "xml" / f"{path.stem}.xml", path.name, w, h, result.boxes,
                       result.scores)  # fmt: skip
             write_geojson(geo(path), result.boxes, result.scores, path.name)
             if overlays:
-                from pathodet.data.samples import read_image
-
-                img = draw_boxes(read_image(path), result.boxes, (255, 40, 40))
+                img = draw_boxes(rgb, result.boxes, (255, 40, 40))
                 atomic_write_image(out / "overlays" / f"{path.stem}.png", img)
         if progress:
             progress(len(done) + k + 1, len(paths))

@@ -1,7 +1,7 @@
 """One optimisation step and the batch collation it needs.
 
-Kept separate from the (later) training loop so benchmarks and scripts can time and
-reuse exactly the step the trainer runs.
+Kept apart from the training loop so benchmarks and scripts time and reuse exactly the
+forward/backward the trainer runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss
+from pathodet.losses.ghm import CountReduce
 from pathodet.model.config import AssignConfig
 from pathodet.model.retinanet import SRCRetinaNet
 
@@ -44,6 +45,45 @@ def autocast(precision: Precision, device: torch.device):
     return nullcontext()
 
 
+def loss_and_gradients(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    boxes: list[Tensor],
+    ap: Tensor,
+    loss_cfg: LossConfig,
+    assign_cfg: AssignConfig | None = None,
+    precision: Precision = "fp32",
+    prior_scores: Tensor | None = None,
+    reduce: CountReduce | None = None,
+    ghm_acc_sum: Tensor | None = None,
+    world_size: int = 1,
+    grad_clip: float | None = None,
+) -> tuple[dict[str, Tensor], float]:
+    """Forward, loss and backward of one mini-batch, up to (not including) the optimiser step.
+
+    The network (``model`` may be DDP-wrapped) runs under autocast for ``bf16``; the loss is
+    always fp32. Under DDP each rank's loss is its share of the global-batch loss
+    (``reduce`` makes the statistics global) and DDP averages gradients, so the loss is
+    scaled by ``world_size`` to backpropagate the global loss.
+
+    Returns:
+        the loss terms (tensors, this rank's share) and the total gradient norm, clipped
+        to ``grad_clip`` when given (``nan``/``inf`` when the gradients are not finite).
+    """
+    model.train()
+    with autocast(precision, images.device):
+        outputs = model(images)
+    losses = detection_loss(
+        outputs, boxes, ap, loss_cfg, assign_cfg, prior_scores, reduce, ghm_acc_sum
+    )
+    optimizer.zero_grad(set_to_none=True)
+    (losses["loss"] * world_size).backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
+    return losses, grad_norm
+
+
 def train_step(
     model: SRCRetinaNet,
     optimizer: torch.optim.Optimizer,
@@ -55,16 +95,12 @@ def train_step(
     precision: Precision = "fp32",
     prior_scores: Tensor | None = None,
 ) -> dict[str, float]:
-    """Forward, loss, backward and optimiser step on one mini-batch; returns the loss terms.
+    """One single-process optimisation step (benchmarks); returns the loss terms.
 
-    The network runs under autocast for ``bf16``; the loss is always computed in fp32.
+    The trainer runs the same :func:`loss_and_gradients` and adds the divergence check.
     """
-    model.train()
-    device = images.device
-    with autocast(precision, device):
-        outputs = model(images)
-    losses = detection_loss(outputs, boxes, ap, loss_cfg, assign_cfg, prior_scores)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    losses, _ = loss_and_gradients(
+        model, optimizer, images, boxes, ap, loss_cfg, assign_cfg, precision, prior_scores
+    )
     optimizer.step()
     return {k: float(v.detach()) for k, v in losses.items()}

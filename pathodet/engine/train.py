@@ -41,7 +41,7 @@ from pathodet.engine.dist import DistInfo, all_reduce_sum, barrier, init_distrib
 from pathodet.engine.logs import MetricsLog
 from pathodet.engine.prior import PriorScorer, median_box_score
 from pathodet.engine.progress import TrainProgress
-from pathodet.engine.step import autocast, collate
+from pathodet.engine.step import autocast, collate, loss_and_gradients
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import build_retinanet
 from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
@@ -230,20 +230,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr_at(self.epoch, self.step)
         prior = self.prior(images) if self.prior is not None else None
-        self.net.train()
-        with autocast(tc.precision, self.device):
-            outputs = self.net(images)
         reduce = all_reduce_sum if self.info.distributed else None
-        losses = detection_loss(
-            outputs, boxes, ap, self.cfg.loss, self.cfg.model.assign, prior, reduce,
-            self.ghm_acc_sum,
+        # the gradient norm is of the global batch: DDP has already combined the ranks'
+        losses, grad_norm = loss_and_gradients(
+            self.net, self.optimizer, images, boxes, ap, self.cfg.loss, self.cfg.model.assign,
+            tc.precision, prior, reduce, self.ghm_acc_sum, self.info.world_size, tc.grad_clip,
         )  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        # each rank holds its share of the global-batch loss; DDP averages gradients
-        (losses["loss"] * self.info.world_size).backward()
-        # the total gradient norm (gradients are already summed over ranks), clipped if asked
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), tc.grad_clip or float("inf")))  # fmt: skip
         values = torch.stack([losses[k].detach().float() for k in ("loss", "cls", "reg")])
         values = all_reduce_sum(values) if reduce else values
         if not (torch.isfinite(values).all() and math.isfinite(grad_norm)):
