@@ -191,6 +191,31 @@ def synth(
     typer.echo(json.dumps({"out": str(out), **totals}, indent=2))
 
 
+@app.command("synth-slide")
+def synth_slide(
+    out: Annotated[Path, typer.Argument(help="The pyramidal TIFF to write, e.g. slide.tiff.")],
+    width: Annotated[int, typer.Option(help="Level-0 width, pixels.")] = 12000,
+    height: Annotated[int, typer.Option(help="Level-0 height, pixels.")] = 8000,
+    seed: Annotated[int, typer.Option(help="Seed; same seed, same slide.")] = 0,
+    mpp: Annotated[float, typer.Option(help="Microns per level-0 pixel (0.25 = 40x).")] = 0.25,
+    tissue: Annotated[float, typer.Option(help="Fraction of the slide that is tissue.")] = 0.4,
+    src: Annotated[float, typer.Option(help="Fraction of the tissue in SRC regions.")] = 0.3,
+) -> None:
+    """Write a synthetic whole slide (pyramidal tiled TIFF, JPEG tiles, MPP) that OpenSlide opens.
+
+    The boxes of every SRC on it go to OUT's stem + .truth.csv (level-0 pixels).
+    """
+    from pathodet.data.synth.slide import truth_path, write_synthetic_slide
+
+    with user_errors():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        made = write_synthetic_slide(out, width, height, seed=seed, mpp=mpp,
+                                     tissue_fraction=tissue, src_fraction=src)  # fmt: skip
+    typer.echo(json.dumps({"out": str(out), "truth": str(truth_path(out)),
+                           "levels": made.levels, "mpp": mpp,
+                           "src_cells": int(len(made.src_boxes))}))  # fmt: skip
+
+
 @app.command("demo")
 def demo(
     out: Annotated[

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pathodet.cli_util import fail, progress_bar, user_errors
+from pathodet.cli_util import fail, progress_bar, slide_progress, user_errors
 from pathodet.config import load_config
 
 RESUMABLE_KEYS = {"train.epochs", "train.num_workers", "train.threads", "train.device",
@@ -70,33 +71,103 @@ def train_cmd(
 
 def predict_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from pathodet train.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images, folders or a DigestPath root.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Images, whole slides, folders or a DigestPath root.")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
     tile: Annotated[int, typer.Option(help="Window side, pixels (multiple of 32).")] = 1024,
     overlap: Annotated[int, typer.Option(help="Window overlap, pixels (>= cell size).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
     score_threshold: Annotated[float, typer.Option(help="Keep detections above.")] = 0.05,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
-    workers: Annotated[int, typer.Option(help="Image-decoding worker processes.")] = 1,
-    overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs.")] = False,
+    workers: Annotated[int, typer.Option(help="Image-decoding / tile-reading processes.")] = 1,
+    overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs (images).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    slides: Annotated[
+        bool, typer.Option("--slides", help="Treat every input file as a slide (any image).")
+    ] = False,
+    target_mpp: Annotated[
+        float, typer.Option(help="Slides: µm/px the model was trained at.")
+    ] = 0.25,
+    assumed_mpp: Annotated[
+        float, typer.Option(help="Slides: µm/px of level 0 when the slide does not say.")
+    ] = 0.25,
+    count_threshold: Annotated[
+        float, typer.Option(help="Slides: score counted as an SRC in counts and density.")
+    ] = 0.5,
+    density_um: Annotated[float, typer.Option(help="Slides: heatmap cell side, µm.")] = 250.0,
+    split: Annotated[
+        str, typer.Option(help="Under torchrun: share 'slides' or each slide's 'tiles'.")
+    ] = "slides",
 ) -> None:
-    """Detect SRCs in whole images (overlapping tiles merged without seam duplicates)."""
-    from pathodet.engine.checkpoint import CheckpointError
-    from pathodet.engine.predict import PredictSettings
-    from pathodet.engine.predict_run import run_predict
+    """Detect SRCs in images and whole slides (overlapping windows merged without duplicates).
+
+    Whole slides (SVS, NDPI, MRXS, SCN, BIF, pyramidal TIFF...) are read through OpenSlide,
+    on their tissue only, at the level closest to --target-mpp; their results go to
+    OUT/slides/<name>/ (CSV, GeoJSON in level 0, density heatmap, summary) and OUT/slides.json.
+    Under ``torchrun --nproc_per_node N -m pathodet predict ...`` the slides, or with
+    --split tiles the windows of each slide, are shared among the processes.
+    """
+    from pathodet.engine.checkpoint import CheckpointError, load_detector
+    from pathodet.engine.dist import init_distributed, shutdown
+    from pathodet.engine.predict import PredictSettings, retinanet_detector
+    from pathodet.engine.predict_run import checkpoint_fingerprint, list_images, run_predict
+    from pathodet.slides.plan import SlideSettings
+    from pathodet.slides.run import run_slides, slide_inputs
 
     if precision not in ("fp32", "bf16"):
         fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    if split not in ("slides", "tiles"):
+        fail(f"--split must be slides or tiles, got {split!r}")
     with user_errors():
+        for item in inputs:
+            if not item.exists():
+                raise FileNotFoundError(f"{item}: no such file or folder")
         settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold)  # type: ignore[arg-type]
+        slide_paths = slide_inputs(inputs, force=slides)
+        images = [] if slides else list_images(inputs, exclude=slide_paths)
+        dev = torch_device(device)
+        dist = init_distributed(dev)
+        if dist.distributed and dev.type == "cpu":
+            import torch
+
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        summary: dict = {}
         try:
-            with progress_bar("predict") as update:
-                summary = run_predict(checkpoint, inputs, out, settings, overlays, workers,
-                                      device, update)  # fmt: skip
+            if images and dist.is_main:  # images are not shared among ranks
+                with progress_bar("predict") as update:
+                    summary["images"] = run_predict(checkpoint, images, out, settings, overlays,
+                                                    workers, device, update)  # fmt: skip
+            if slide_paths:
+                model, _ = load_detector(checkpoint)
+                if dev.type == "cuda":
+                    dev = torch_device(f"cuda:{dist.local_rank}")
+                detector = retinanet_detector(model.to(dev), settings, dev)
+                slide_settings = SlideSettings(
+                    target_mpp=target_mpp, assumed_mpp=assumed_mpp,
+                    count_threshold=count_threshold, density_um=density_um, num_workers=workers,
+                )  # fmt: skip
+                with slide_progress(enabled=dist.is_main) as update:
+                    summary["slides"] = run_slides(
+                        detector, slide_paths, out, settings, slide_settings,
+                        checkpoint_fingerprint(checkpoint), dist, split, update,
+                    )  # fmt: skip
         except CheckpointError as exc:
             fail(str(exc))
-    typer.echo(json.dumps(summary))
+        finally:
+            shutdown()
+    if dist.is_main:
+        typer.echo(json.dumps(summary))
+
+
+def torch_device(name: str):  # noqa: ANN201 - torch is imported lazily
+    """``auto`` is CUDA when available, else CPU."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def evaluate_cmd(

@@ -34,8 +34,13 @@ from pathodet.engine.checkpoint import load_detector
 from pathodet.engine.predict import PredictSettings, detect_files
 
 
-def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def list_images(
+    inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[Path] = ()
+) -> list[Path]:
     """Image files named directly, in folders (not recursive), or in a DigestPath root.
+
+    Files in ``exclude`` (the slides, which go through :mod:`pathodet.slides`) are left
+    out, and then an empty list is no error.
 
     Raises:
         FileNotFoundError: an input that does not exist.
@@ -53,20 +58,28 @@ def list_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             paths += [r.image for r in load_records(item)]
         else:
             paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    skip = {Path(p).resolve() for p in exclude}
     seen: dict[str, Path] = {}
     for p in paths:
+        if p.resolve() in skip:
+            continue
         if p.name in seen and seen[p.name] != p:
             raise ValueError(f"two images named {p.name}: {seen[p.name]} and {p}")
         seen[p.name] = p
-    if not seen:
+    if not seen and not skip:
         raise ValueError(f"no images in {', '.join(map(str, inputs))}")
     return list(seen.values())
 
 
-def _fingerprint(checkpoint: Path, settings: PredictSettings) -> dict:
+def checkpoint_fingerprint(checkpoint: Path) -> dict:
+    """What identifies a checkpoint file for resuming: path, size and modification time."""
     st = checkpoint.stat()
     return {"checkpoint": str(checkpoint.resolve()), "checkpoint_size": st.st_size,
-            "checkpoint_mtime_ns": st.st_mtime_ns, **asdict(settings)}  # fmt: skip
+            "checkpoint_mtime_ns": st.st_mtime_ns}  # fmt: skip
+
+
+def _fingerprint(checkpoint: Path, settings: PredictSettings) -> dict:
+    return {**checkpoint_fingerprint(checkpoint), **asdict(settings)}
 
 
 def run_predict(

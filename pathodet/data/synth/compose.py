@@ -8,7 +8,7 @@ import numpy as np
 
 from pathodet.data.synth import cells, tissue
 from pathodet.data.synth.canvas import Canvas
-from pathodet.data.synth.stain import degrade, random_stain, render
+from pathodet.data.synth.stain import Stain, degrade, random_stain, render
 
 SRC_RADIUS = (19.0, 38.0)  # pixels: boxes 30-90 px across with the outline wobble
 MIMIC_RADIUS = (17.0, 38.0)
@@ -53,13 +53,20 @@ def _force_one(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
 
 
 def synthesize_image(
-    rng: np.random.Generator, height: int, width: int, attribute: str
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    attribute: str,
+    stain: Stain | None = None,
+    glass: bool = True,
 ) -> SynthImage:
     """Render one ``height x width`` image (pixels at 40x) of gastrointestinal mucosa.
 
     ``attribute`` "AP" draws signet ring cells, scattered and in crowded clusters (about
     10-60 in a 2000 x 2000 image, scaled by area with a few at least); "NP" draws none.
-    Both get the same hard negatives. Deterministic given the state of ``rng``.
+    Both get the same hard negatives. Deterministic given the state of ``rng``. ``stain``
+    fixes the staining (blocks of one synthetic slide share it); by default it is drawn.
+    ``glass=False`` never cuts glass into the image (a slide draws its own).
 
     Raises:
         ValueError: unknown ``attribute`` or a size below 64 pixels.
@@ -69,10 +76,11 @@ def synthesize_image(
     if height < 64 or width < 64:
         raise ValueError(f"image too small: {height}x{width} (at least 64x64 pixels)")
     area = height * width / 4.0e6
-    stain = random_stain(rng)
+    stain = random_stain(rng) if stain is None else stain
     canvas = Canvas(rng, height, width)
     tissue.stroma(canvas, rng)
-    tissue.glass(canvas, rng)
+    if glass:
+        tissue.glass(canvas, rng)
     mimics = tissue.glands(canvas, rng, int(rng.poisson(rng.uniform(2.0, 9.0) * area)))
 
     # signet ring cells: positions first (so other cells avoid them), drawn last
