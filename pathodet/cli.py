@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from pathodet import __version__
+from pathodet.cli_review import review_app
 from pathodet.cli_run import evaluate_cmd, predict_cmd, train_cmd
 from pathodet.cli_util import fail, progress_bar, user_errors
 from pathodet.config import load_config
@@ -29,6 +30,7 @@ bench_app = typer.Typer(help="Benchmarks and figures (long; not part of make tes
 app.add_typer(bench_app, name="bench")
 
 
+app.add_typer(review_app, name="review")
 app.command("train")(train_cmd)
 app.command("predict")(predict_cmd)
 app.command("evaluate")(evaluate_cmd)
@@ -228,6 +230,36 @@ def demo(
 
     with user_errors():
         run_demo(out, seed=seed, echo=typer.echo)
+
+
+@bench_app.command("slide")
+def bench_slide(
+    out: Annotated[Path, typer.Option(help="Folder for slide-speed.json/.md.")] = Path(
+        "docs/benchmarks"
+    ),
+    sizes: Annotated[
+        str, typer.Option(help="Slides WxH:tissue-fraction, comma-separated.")
+    ] = "10000x10000:0.4,40000x30000:0.15",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Detector (default: random init, same cost).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(help="Tile-reading processes.")] = 1,
+) -> None:
+    """Slide throughput (tissue Mpx/s), fp32 vs bf16, time outside the forward, peak memory."""
+    from pathodet.bench.slide_speed import run_bench
+
+    parsed = []
+    for item in sizes.split(","):
+        try:
+            dims, frac = item.split(":")
+            w, h = dims.lower().split("x")
+            parsed.append((int(w), int(h), float(frac)))
+        except ValueError:
+            fail(f"--sizes: {item!r} is not WIDTHxHEIGHT:FRACTION")
+    with user_errors():
+        run_bench(out, parsed, checkpoint, batch_size, workers,
+                  log=lambda m: typer.echo(m, err=True))  # fmt: skip
 
 
 @bench_app.command("loss-overhead")

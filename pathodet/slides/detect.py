@@ -92,6 +92,7 @@ def detect_windows(
         num_workers=num_workers, prefetch_factor=2 if num_workers else None,
     )  # fmt: skip
     scale = plan.det_to_level0
+    w0, h0 = plan.size0
     boxes: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     done = 0
@@ -105,9 +106,12 @@ def detect_windows(
         for i, det in zip(batch["index"].tolist(), dets, strict=True):
             ox, oy = plan.origin(i)
             b = det["boxes"].float().cpu().numpy().astype(np.float64) * scale + [ox, oy, ox, oy]
+            b[:, 0::2] = b[:, 0::2].clip(0, w0)  # a window may run past the slide: white
+            b[:, 1::2] = b[:, 1::2].clip(0, h0)  # padding is not slide
             mx, my = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
             x_lo, x_hi, y_lo, y_hi = plan.cores[i]
             keep = (mx >= x_lo) & (mx < x_hi) & (my >= y_lo) & (my < y_hi)
+            keep &= (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
             boxes.append(b[keep])
             scores.append(det["scores"].float().cpu().numpy().astype(np.float64)[keep])
         done += len(dets)

@@ -68,6 +68,7 @@ class SlidePlan:
         grid_size: number of windows before tissue filtering.
         mask: ``(h, w)`` bool tissue mask.
         mask_downsample: level-0 pixels per mask pixel.
+        size0: ``(width, height)`` of level 0, pixels.
     """
 
     level: int
@@ -79,6 +80,7 @@ class SlidePlan:
     grid_size: int
     mask: np.ndarray
     mask_downsample: float
+    size0: tuple[int, int] = (0, 0)
 
     @property
     def det_to_level0(self) -> float:
@@ -143,4 +145,5 @@ def plan_slide(
         grid_size=len(xs) * len(ys),
         mask=mask,
         mask_downsample=float(mask_downsample),
+        size0=info.level_dimensions[0],
     )

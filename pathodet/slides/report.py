@@ -113,7 +113,7 @@ def tissue_png(path: Path, thumb: np.ndarray, plan: SlidePlan) -> None:
     img[mask] = np.clip(tint, 0, 255).astype(np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(img, contours, -1, (0, 130, 0), 2)
-    s = w / (plan.mask.shape[1] * plan.mask_downsample)  # picture pixels per level-0 pixel
+    s = w / plan.size0[0]  # picture pixels per level-0 pixel
     for i in range(len(plan.windows)):
         x1, y1, x2, y2 = (v * s for v in plan.footprint(i))
         cv2.rectangle(img, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), (40, 70, 220), 1)
@@ -130,7 +130,7 @@ def heatmap_png(
     import matplotlib.pyplot as plt
 
     h, w = thumb.shape[:2]
-    scale = density.cell * w / (plan.mask.shape[1] * plan.mask_downsample)  # px per cell
+    scale = density.cell * w / plan.size0[0]  # picture pixels per density cell
     extent = (0, density.per_mm2.shape[1] * scale, density.per_mm2.shape[0] * scale, 0)
     aspect = h / max(w, 1)
     fig, ax = plt.subplots(figsize=(8, max(3.0, 8 * aspect)), dpi=110)

@@ -73,6 +73,15 @@ def survey(path: Path, settings: SlideSettings, tile: int, overlap: int) -> tupl
     return info, view, plan_slide(info, mask, mask_ds, tile, overlap, settings)
 
 
+def _file_id(path: Path) -> dict:
+    """What identifies a slide file for resuming: size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _ranges(n: int, parts: int) -> list[range]:
     return [range(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
 
@@ -154,9 +163,10 @@ def run_slides(
     for path in mine:
         folder = root / path.stem
         prev = folder / "summary.json"
+        slide_fp = {**fp, "slide_file": _file_id(path)}
         if prev.is_file():
             try:
-                if json.loads(prev.read_text()).get("fingerprint") == fp:
+                if json.loads(prev.read_text()).get("fingerprint") == slide_fp:
                     records.append({"slide": path.name, "status": "resumed",
                                     "folder": str(folder)})  # fmt: skip
                     continue
@@ -169,7 +179,7 @@ def run_slides(
 
         try:
             rec = _one_slide(
-                detector, path, folder, settings, slide_settings, fp, dist, split, step
+                detector, path, folder, settings, slide_settings, slide_fp, dist, split, step
             )
         except Exception as exc:  # noqa: BLE001 - one bad slide never stops the others
             msg = (

@@ -73,7 +73,7 @@ def _layout(
     yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
     margin = max(2.0, 0.04 * min(gh, gw))
     edge = np.minimum.reduce([xx, yy, gw - 1 - xx, gh - 1 - yy]) / margin
-    field = field - 3.0 * np.clip(1.0 - edge, 0.0, 1.0)
+    field = field - 10.0 * np.clip(1.0 - edge, 0.0, 1.0)
     thr = float(np.quantile(field, 1.0 - tissue_fraction))
     tissue = field - thr
     src_field = smooth_noise(rng, gh, gw, scale / 1.5)
