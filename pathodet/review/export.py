@@ -1,0 +1,117 @@
+"""Reviewed cases back into training data: a DigestPath-layout copy with the new annotations.
+
+``pathodet review export`` writes ``out`` as a DigestPath root that ``pathodet train`` reads:
+
+* every image of the data root, hard-linked (or copied) into ``sig-train-pos/`` or
+  ``sig-train-neg/``;
+* for AP images, a VOC XML holding the original annotated boxes plus the detections the
+  reviewers accepted and the cells they added (an accepted detection that overlaps an
+  annotated box at IoU >= 0.5 is the same cell and is not added twice);
+* an NP image on which a reviewer confirmed an SRC is not normal: it is exported as AP
+  with that annotation, and listed under ``relabelled`` in the report;
+* ``hard_negatives.csv``: every rejected detection (image, box, score, reviewer): cells a
+  pathologist looked at and called not-SRC, the confirmed hard negatives;
+* ``slides/<name>.reviewed.geojson``: decisions on whole slides, as QuPath annotations
+  (class ``SRC`` for accepted and added cells, ``Not SRC`` for rejected ones);
+* ``export.json``: what was written; written last.
+
+Every file is written atomically, and the export only writes inside ``out``: a killed
+export run again completes with nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pathodet.data.digestpath import NEG_DIR, POS_DIR
+from pathodet.data.io import atomic_write_text, link_or_copy
+from pathodet.data.voc import write_voc
+from pathodet.eval.matching import iou_matrix
+from pathodet.review.cases import Case
+from pathodet.review.store import Decision, ReviewStore
+
+SAME_CELL_IOU = 0.5
+
+
+def merged_annotations(annotated: np.ndarray, decisions: list[Decision]) -> np.ndarray:
+    """``(M', 4)``: the annotated boxes plus accepted and added cells not already annotated."""
+    boxes = [np.asarray(annotated, np.float64).reshape(-1, 4)]
+    for d in decisions:
+        if d.action not in ("accept", "add"):
+            continue
+        b = np.asarray(d.box, np.float64).reshape(1, 4)
+        have = np.concatenate(boxes)
+        if len(have) and iou_matrix(b, have).max() >= SAME_CELL_IOU:
+            continue
+        boxes.append(b)
+    return np.concatenate(boxes)
+
+
+def _feature(d: Decision) -> dict:
+    x1, y1, x2, y2 = d.box
+    ring = [[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]
+    name = "Not SRC" if d.action == "reject" else "SRC"
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": name},
+            "measurements": {"score": d.score} if d.score is not None else {},
+            "reviewer": d.reviewer,
+            "decision": d.action,
+            "time": d.created_at,
+        },
+    }
+
+
+def export_reviews(store: ReviewStore, run: str, cases: list[Case], out: Path) -> dict:
+    """Write the reviewed copy of ``cases`` (see the module docstring); returns the report."""
+    by_case: dict[str, list[Decision]] = {}
+    for d in store.decisions(run):
+        by_case.setdefault(d.case_name, []).append(d)
+    report: dict = {"run": run, "images": 0, "ap": 0, "np": 0, "added_boxes": 0,
+                    "hard_negatives": 0, "relabelled": [], "slides": []}  # fmt: skip
+    negatives = io.StringIO()
+    writer = csv.writer(negatives, lineterminator="\n")
+    writer.writerow(["image", "x1", "y1", "x2", "y2", "score", "reviewer"])
+    for case in cases:
+        decisions = by_case.get(case.name, [])
+        for d in decisions:
+            if d.action == "reject":
+                writer.writerow([case.name, *(f"{v:.1f}" for v in d.box),
+                                 "" if d.score is None else f"{d.score:.4f}", d.reviewer])  # fmt: skip
+                report["hard_negatives"] += 1
+        if case.kind == "slide":
+            if decisions:
+                doc = {"type": "FeatureCollection", "features": [_feature(d) for d in decisions]}
+                path = out / "slides" / f"{Path(case.name).stem}.reviewed.geojson"
+                atomic_write_text(path, json.dumps(doc))
+                report["slides"].append(str(path.relative_to(out)))
+            continue
+        boxes = merged_annotations(case.annotated, decisions)
+        attribute = case.attribute
+        if attribute == "NP" and len(boxes):
+            attribute = "AP"
+            report["relabelled"].append(case.name)
+        folder = out / (POS_DIR if attribute == "AP" else NEG_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / case.name
+        if not target.exists():
+            link_or_copy(case.path, target)
+        if attribute == "AP":
+            with Image.open(case.path) as im:
+                w, h = im.size
+            write_voc(folder / f"{Path(case.name).stem}.xml", case.name, w, h, boxes, None)
+            report["added_boxes"] += int(len(boxes) - len(case.annotated))
+        report["images"] += 1
+        report["ap" if attribute == "AP" else "np"] += 1
+    atomic_write_text(out / "hard_negatives.csv", negatives.getvalue())
+    atomic_write_text(out / "export.json", json.dumps(report, indent=1))
+    return report
