@@ -116,12 +116,13 @@ def page_cases(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> Non
         st.info(f"Selected {st.session_state.case}: open the Viewer page.")
 
 
-def _decide(store: ReviewStore, run: str, case: Case, ui: dict, action: str, box, score) -> None:
+def _decide(store: ReviewStore, run: str, case: Case, ui: dict, action: str, box, score) -> bool:
+    """Record a decision signed by the reviewer; False (and a warning) without a name."""
     if not ui["reviewer"]:
         st.warning("Enter your name in the sidebar first: every decision is signed.")
-        return
-    store.decide(run, case.name, action, tuple(float(v) for v in box), ui["reviewer"], score)
-    st.session_state.pop("selected", None)
+        return False
+    return bool(store.decide(run, case.name, action, tuple(float(v) for v in box),
+                             ui["reviewer"], score))  # fmt: skip
 
 
 def page_viewer(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> None:
@@ -157,10 +158,15 @@ def page_viewer(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> No
         full = pixels(case.path, case.path.stat().st_mtime)
         rgb, scale = fit_width(full, DISPLAY_WIDTH)
         offset = (0.0, 0.0)
-    selected = st.session_state.get("selected")
-    sel_box = (
-        state.boxes[selected] if selected is not None and selected < len(state.boxes) else None
-    )
+    # the selected detection: the selectbox's state, moved by clicks and after decisions
+    det_key, n = f"det-{case.name}", len(state.boxes)
+    nxt = st.session_state.pop("next_det", None)
+    if nxt is not None and n:
+        st.session_state[det_key] = int(nxt) % n
+    selected = st.session_state.get(det_key, 0) if n else None
+    if selected is not None and selected >= n:
+        selected = st.session_state[det_key] = 0
+    sel_box = state.boxes[selected] if selected is not None else None
     layers = [Layer(state.boxes, state.kinds, 2), Layer(state.added, ["add"] * len(state.added), 2)]
     if show_ann:
         layers.append(Layer(case.annotated, ["annotated"] * len(case.annotated), 1))
@@ -174,9 +180,9 @@ def page_viewer(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> No
         y = offset[1] + click["y"] / scale
         if add_mode:
             h = ADD_SIDE / 2
-            _decide(store, run, case, ui, "add", (x - h, y - h, x + h, y + h), None)
-            st.rerun()
-        st.session_state.selected = box_at(state.boxes, x, y)
+            if _decide(store, run, case, ui, "add", (x - h, y - h, x + h, y + h), None):
+                st.rerun()
+        st.session_state.next_det = box_at(state.boxes, x, y)
         st.rerun()
 
     st.subheader("Detections")
@@ -184,15 +190,17 @@ def page_viewer(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> No
     labels = [f"#{i + 1}  score {state.scores[i]:.2f}  {state.kinds[i]}" for i in order]
     if order:
         idx = st.selectbox("Detection (or click it on the image)", order,
-                           index=selected if selected is not None and selected < len(order) else 0,
-                           format_func=lambda i: labels[i], key=f"det-{case.name}")  # fmt: skip
-        st.session_state.selected = idx
+                           format_func=lambda i: labels[i], key=det_key)  # fmt: skip
         b1, b2, b3, b4 = st.columns(4)
-        if b1.button("SRC ✓", key="accept", width="stretch"):
-            _decide(store, run, case, ui, "accept", state.boxes[idx], float(state.scores[idx]))
+        if b1.button("SRC ✓", key="accept", width="stretch") and _decide(
+            store, run, case, ui, "accept", state.boxes[idx], float(state.scores[idx])
+        ):
+            st.session_state.next_det = idx + 1
             st.rerun()
-        if b2.button("Not SRC ✗", key="reject", width="stretch"):
-            _decide(store, run, case, ui, "reject", state.boxes[idx], float(state.scores[idx]))
+        if b2.button("Not SRC ✗", key="reject", width="stretch") and _decide(
+            store, run, case, ui, "reject", state.boxes[idx], float(state.scores[idx])
+        ):
+            st.session_state.next_det = idx + 1
             st.rerun()
     else:
         st.caption("No detection above the threshold.")
