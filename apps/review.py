@@ -206,9 +206,12 @@ def page_viewer(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> No
         st.caption("No detection above the threshold.")
         b3, b4 = st.columns(2)
     if b3.button("Undo my last decision", key="undo", width="stretch"):
-        if ui["reviewer"] and store.undo(run, case.name, ui["reviewer"]) is None:
+        if not ui["reviewer"]:
+            st.warning("Enter your name in the sidebar first: undo takes back your decisions.")
+        elif store.undo(run, case.name, ui["reviewer"]) is None:
             st.info("Nothing of yours to undo on this case.")
-        st.rerun()
+        else:
+            st.rerun()
     if b4.button("Mark case reviewed", key="reviewed", width="stretch"):
         if ui["reviewer"]:
             store.set_status(run, case.name, "reviewed", ui["reviewer"])

@@ -101,6 +101,9 @@ def export_reviews(store: ReviewStore, run: str, cases: list[Case], out: Path) -
             attribute = "AP"
             report["relabelled"].append(case.name)
         folder = out / (POS_DIR if attribute == "AP" else NEG_DIR)
+        stale = out / (NEG_DIR if attribute == "AP" else POS_DIR)  # from an earlier export
+        (stale / case.name).unlink(missing_ok=True)
+        (stale / f"{Path(case.name).stem}.xml").unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / case.name
         if not target.exists():

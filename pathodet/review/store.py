@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class ReviewStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._enable_wal()
             with self._read() as con:  # executescript runs its own transactions
                 con.executescript(_SCHEMA)
             with self._write() as con:
@@ -102,9 +104,24 @@ class ReviewStore:
         if int(row[0]) > SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {row[0]} is newer than this pathodet")
 
+    def _enable_wal(self, timeout: float = 30.0) -> None:
+        """Switch the file to WAL (persistent). SQLite answers "locked" at once, ignoring the
+        busy timeout, when another connection writes meanwhile: retry until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            con = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            try:
+                if con.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            finally:
+                con.close()
+            time.sleep(0.05)
+
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA busy_timeout=30000")
         return con
 

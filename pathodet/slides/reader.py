@@ -54,7 +54,7 @@ class SlideInfo:
 
     def as_dict(self) -> dict:
         return {
-            "path": str(self.path),
+            "path": str(self.path.resolve()),
             "vendor": self.vendor,
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": list(self.level_downsamples),
