@@ -39,17 +39,16 @@ def settings() -> dict:
         "data": Path(data) if data else None,
         "predictions": Path(env.get("PATHODET_REVIEW_PREDICTIONS", "predictions")),
         "db": Path(env.get("PATHODET_REVIEW_DB", "reviews.sqlite")),
-        "password": env.get("PATHODET_REVIEW_PASSWORD") or st.secrets.get("password", None)
-        if _has_secrets()
-        else env.get("PATHODET_REVIEW_PASSWORD"),
+        "password": env.get("PATHODET_REVIEW_PASSWORD") or _secret_password(),
     }
 
 
-def _has_secrets() -> bool:
+def _secret_password() -> str | None:
+    """``password`` from Streamlit secrets, if there is a secrets file with one."""
     try:
-        return len(st.secrets) > 0
+        return st.secrets.get("password")
     except Exception:  # noqa: BLE001 - no secrets file
-        return False
+        return None
 
 
 @st.cache_resource
@@ -91,6 +90,8 @@ def gate(cfg: dict) -> None:
 
 def sidebar(cases: list[Case]) -> dict:
     st.sidebar.title("pathodet review")
+    if "goto_page" in st.session_state:  # set by a click-through, before the radio exists
+        st.session_state.page = st.session_state.pop("goto_page")
     ui = {
         "page": st.sidebar.radio("Page", ["Cases", "Viewer", "Metrics"], key="page"),
         "reviewer": st.sidebar.text_input("Reviewer", key="reviewer").strip(),
@@ -112,8 +113,14 @@ def page_cases(cases: list[Case], run: str, store: ReviewStore, ui: dict) -> Non
                          hide_index=True, width="stretch")  # fmt: skip
     picked = event.selection.rows if event is not None else []
     if picked:
-        st.session_state.case = rows[picked[0]]["case"]
-        st.info(f"Selected {st.session_state.case}: open the Viewer page.")
+        open_case(rows[picked[0]]["case"])
+
+
+def open_case(name: str) -> None:
+    """Show ``name`` in the viewer (a click-through from the case list or the metrics)."""
+    st.session_state.case = name
+    st.session_state.goto_page = "Viewer"
+    st.rerun()
 
 
 def _decide(store: ReviewStore, run: str, case: Case, ui: dict, action: str, box, score) -> bool:
@@ -276,8 +283,7 @@ def page_metrics(cfg: dict) -> None:
         event = st.dataframe(rows, on_select="rerun", selection_mode="single-row",
                              hide_index=True, key="worst")  # fmt: skip
         if event is not None and event.selection.rows:
-            st.session_state.case = rows[event.selection.rows[0]]["image"]
-            st.info(f"Selected {st.session_state.case}: open the Viewer page.")
+            open_case(rows[event.selection.rows[0]]["image"])
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ def predict_cmd(
     --split tiles the windows of each slide, are shared among the processes.
     """
     from pathodet.engine.checkpoint import CheckpointError, load_detector
-    from pathodet.engine.dist import init_distributed, shutdown
+    from pathodet.engine.dist import DistInfo, init_distributed, pick_device, shutdown
     from pathodet.engine.predict import PredictSettings, retinanet_detector
     from pathodet.engine.predict_run import checkpoint_fingerprint, list_images, run_predict
     from pathodet.slides.plan import SlideSettings
@@ -126,8 +126,8 @@ def predict_cmd(
         settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold)  # type: ignore[arg-type]
         slide_paths = slide_inputs(inputs, force=slides)
         images = [] if slides else list_images(inputs, exclude=slide_paths)
-        dev = torch_device(device)
-        dist = init_distributed(dev)
+        dist = init_distributed(pick_device(device, DistInfo()))
+        dev = pick_device(device, dist)
         if dist.distributed and dev.type == "cpu":
             import torch
 
@@ -141,8 +141,6 @@ def predict_cmd(
                                                     workers, device, update)  # fmt: skip
             if slide_paths:
                 model, _ = load_detector(checkpoint)
-                if dev.type == "cuda":
-                    dev = torch_device(f"cuda:{dist.local_rank}")
                 detector = retinanet_detector(model.to(dev), settings, dev)
                 slide_settings = SlideSettings(
                     target_mpp=target_mpp, assumed_mpp=assumed_mpp,
@@ -159,15 +157,6 @@ def predict_cmd(
             shutdown()
     if dist.is_main:
         typer.echo(json.dumps(summary))
-
-
-def torch_device(name: str):  # noqa: ANN201 - torch is imported lazily
-    """``auto`` is CUDA when available, else CPU."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def evaluate_cmd(

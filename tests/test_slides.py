@@ -657,7 +657,7 @@ def hand_plan() -> SlidePlan:
     mask[5, 12] = True
     return SlidePlan(level=0, downsample=1.0, read=512, tile=512,
                      windows=np.zeros((0, 2), np.int64), cores=np.zeros((0, 4)), grid_size=0,
-                     mask=mask, mask_downsample=50.0)  # fmt: skip
+                     mask=mask, mask_downsample=50.0, size0=(1000, 600))  # fmt: skip
 
 
 def test_density_and_summary_by_hand():

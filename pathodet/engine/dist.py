@@ -41,6 +41,15 @@ def env_dist_info() -> DistInfo:
     )
 
 
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available) -> this rank's device."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device is cuda but no CUDA device is available")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by torchrun; return this process's :class:`DistInfo`."""
     info = env_dist_info()

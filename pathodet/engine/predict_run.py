@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
 from pathodet.data.io import atomic_write_image, atomic_write_text
@@ -31,6 +29,7 @@ from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, write_predictions
 from pathodet.data.voc import write_voc
 from pathodet.engine.checkpoint import load_detector
+from pathodet.engine.dist import env_dist_info, pick_device
 from pathodet.engine.predict import PredictSettings, detect_files
 
 
@@ -95,8 +94,7 @@ def run_predict(
     """Predict every image; returns ``{"images", "predictions", "problems", "skipped"}``."""
     paths = list_images(inputs)
     model, _ = load_detector(checkpoint)
-    dev = torch.device("cuda" if device == "cuda" or
-                       (device == "auto" and torch.cuda.is_available()) else "cpu")  # fmt: skip
+    dev = pick_device(device, env_dist_info())
     model.to(dev)
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(Path(checkpoint), settings)

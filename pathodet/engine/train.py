@@ -37,7 +37,14 @@ from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
 from pathodet.engine.data import AugmentedTiles, TrainingData, training_data, validation_batches
-from pathodet.engine.dist import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from pathodet.engine.dist import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    pick_device,
+    shutdown,
+)
 from pathodet.engine.logs import MetricsLog
 from pathodet.engine.prior import PriorScorer, median_box_score
 from pathodet.engine.progress import TrainProgress
@@ -61,14 +68,6 @@ class TrainingDiverged(RuntimeError):
 
 class RunExists(ValueError):
     """``--out`` already holds a run and ``--resume`` was not given."""
-
-
-def pick_device(name: str, info: DistInfo) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("train.device is cuda but no CUDA device is available")
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
 
 
 def absolute_paths(cfg: Config) -> Config:

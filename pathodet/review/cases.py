@@ -21,7 +21,7 @@ from pathodet.data.digestpath import load_records
 from pathodet.data.predictions import ImagePredictions, read_predictions
 
 
-class PathRefused(Exception):
+class PathRefused(ValueError):
     """A path that resolves outside the roots the app may read."""
 
 

@@ -58,7 +58,7 @@ class CaseState:
         scores: ``(K,)``.
         kinds: per detection ``pending``, ``accept`` or ``reject``.
         added: ``(A, 4)`` cells added by reviewers.
-        rejected_below: decisions on detections now under the threshold (still stored).
+        accepted, rejected: decisions of each kind on the case, at any threshold.
     """
 
     boxes: np.ndarray

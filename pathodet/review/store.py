@@ -238,7 +238,3 @@ class ReviewStore:
         """All rows ever written (undone included)."""
         with self._read() as con:
             return int(con.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-
-    def runs(self) -> list[str]:
-        with self._read() as con:
-            return [r[0] for r in con.execute("SELECT DISTINCT run FROM decisions ORDER BY run")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -63,11 +63,10 @@ class Timings:
     detect: float = 0.0  # inside the detector (forward pass and per-window postprocess)
     gather: float = 0.0  # core filtering and mapping to level 0
     merge: float = 0.0  # slide-wide NMS
-    extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         return {"total": self.total, "waiting": self.waiting, "detect": self.detect,
-                "gather": self.gather, "merge": self.merge, **self.extra}  # fmt: skip
+                "gather": self.gather, "merge": self.merge}  # fmt: skip
 
 
 def detect_windows(

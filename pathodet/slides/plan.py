@@ -80,7 +80,7 @@ class SlidePlan:
     grid_size: int
     mask: np.ndarray
     mask_downsample: float
-    size0: tuple[int, int] = (0, 0)
+    size0: tuple[int, int]
 
     @property
     def det_to_level0(self) -> float:
