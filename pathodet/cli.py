@@ -221,15 +221,21 @@ def synth_slide(
 @app.command("demo")
 def demo(
     out: Annotated[
-        Path, typer.Option(help="Output folder (only its own files are overwritten).")
+        Path, typer.Option(help="Output folder (only the demo's own files are overwritten).")
     ] = Path("demo-output"),
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    budget_minutes: Annotated[
+        float, typer.Option(help="Wall-clock budget on a 2-core CPU; sets the training steps.")
+    ] = 20.0,
+    seed: Annotated[int, typer.Option(help="Seed of data, folds and training.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Run the pipeline end to end on synthetic data (data stage for now)."""
-    from pathodet.demo import run_demo
+    """The whole mission on synthetic data: synthesize, train DGHM-C and focal, evaluate,
+    run a whole slide, write OUT/report.md, print the review command."""
+    from pathodet.demo import DemoSettings, run_demo
 
     with user_errors():
-        run_demo(out, seed=seed, echo=typer.echo)
+        settings = DemoSettings(seed=seed, budget_minutes=budget_minutes)
+        run_demo(out, settings, echo=typer.echo, progress=not quiet)
 
 
 @bench_app.command("slide")

@@ -79,6 +79,9 @@ def predict_cmd(
     overlap: Annotated[int, typer.Option(help="Window overlap, pixels (>= cell size).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
     score_threshold: Annotated[float, typer.Option(help="Keep detections above.")] = 0.05,
+    nms_iou: Annotated[
+        float, typer.Option(help="Suppress a detection overlapping a better one this much.")
+    ] = 0.5,
     precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
     workers: Annotated[int, typer.Option(help="Image-decoding / tile-reading processes.")] = 1,
     overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs (images).")] = False,
@@ -123,7 +126,7 @@ def predict_cmd(
         for item in inputs:
             if not item.exists():
                 raise FileNotFoundError(f"{item}: no such file or folder")
-        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold)  # type: ignore[arg-type]
+        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold, nms_iou)  # type: ignore[arg-type]
         slide_paths = slide_inputs(inputs, force=slides)
         images = [] if slides else list_images(inputs, exclude=slide_paths)
         dist = init_distributed(pick_device(device, DistInfo()))

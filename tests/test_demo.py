@@ -1,19 +1,233 @@
-"""The demo runs end to end on synthetic data, deterministically, and re-runs in place."""
+"""The demo: budget to steps, schedule, operating threshold, progress, and a tiny end-to-end
+run that is deterministic, resumes in place and leaves the user's own files alone."""
 
 import json
+import math
 
-from pathodet.demo import run_demo
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pathodet.cli import app
+from pathodet.config import load_config
+from pathodet.demo import DemoSettings, run_demo
+from pathodet.demo.progress import DemoProgress
+from pathodet.demo.report import operating_threshold
+from pathodet.demo.settings import (
+    BUDGET_USE,
+    FIXED_SECONDS,
+    LOSSES,
+    STEP_SECONDS,
+    demo_config,
+    schedule,
+)
+from pathodet.eval.metrics import froc_curve
+
+# -- budget and schedule -------------------------------------------------------------------
 
 
-def test_demo_runs_twice_into_the_same_folder_with_the_same_result(tmp_path):
-    out = tmp_path / "demo"
-    first = run_demo(out, seed=3, positive=2, negative=4, size=600, echo=lambda _: None)
-    assert (out / "report.md").is_file() and (out / "overlay-ap.png").is_file()
-    assert first["summary"]["positive_images"] == 2
-    assert first["summary"]["negative_images"] == 4
-    assert first["drop"]["kept_boxes"] + first["drop"]["removed_boxes"] == first["summary"]["boxes"]
-    # every image lands in exactly one fold
-    assert sum(f["AP"] + f["NP"] for f in first["folds"]) == 6
-    second = run_demo(out, seed=3, positive=2, negative=4, size=600, echo=lambda _: None)
-    assert second == first
-    assert json.loads((out / "demo.json").read_text()) == first
+def test_default_budget_plans_within_twenty_minutes_with_margin():
+    s = DemoSettings()
+    steps = s.train_steps()
+    # the plan: fixed work + both models' steps at the nominal step time
+    planned = FIXED_SECONDS + len(LOSSES) * steps * STEP_SECONDS
+    assert s.planned_seconds() == pytest.approx(planned)
+    assert planned <= 20 * 60 * BUDGET_USE + 1e-6
+    # and uses what the budget allows: one more step per model would not fit
+    assert FIXED_SECONDS + len(LOSSES) * (steps + 1) * STEP_SECONDS > 20 * 60 * BUDGET_USE
+
+
+def test_steps_grow_with_the_budget_and_an_explicit_count_wins():
+    counts = [DemoSettings(budget_minutes=m).train_steps() for m in (5, 10, 20, 40)]
+    assert counts == sorted(counts) and len(set(counts)) == 4
+    assert DemoSettings(budget_minutes=0.1).train_steps() == 20  # the floor
+    assert DemoSettings(budget_minutes=20, steps=7).train_steps() == 7
+    with pytest.raises(ValueError, match="budget_minutes"):
+        DemoSettings(budget_minutes=0)
+
+
+@pytest.mark.parametrize(("steps", "per_epoch"), [(975, 42), (300, 42), (20, 42), (6, 1), (50, 7)])
+def test_schedule_stretches_the_papers_fourteen_epochs(steps, per_epoch):
+    epochs, milestones = schedule(steps, per_epoch)
+    assert epochs >= 1
+    # the nearest whole number of epochs to the requested steps
+    assert abs(epochs * per_epoch - steps) <= per_epoch / 2 or epochs == 1
+    assert milestones == sorted(set(milestones))
+    assert all(0 < m < epochs for m in milestones)
+    if epochs >= 14:  # long enough for both drops, at 9/14 and 12/14 of the run
+        assert milestones == [math.ceil(epochs * 9 / 14), math.ceil(epochs * 12 / 14)]
+
+
+def test_configs_demo_yaml_is_the_demos_recipe(tmp_path):
+    """The file researchers repeat the demo with says what the demo really trains."""
+    ours = demo_config(tmp_path, "dghm", seed=3, epochs=23, milestones=[15, 20], folds=8)
+    theirs = load_config(
+        "configs/demo.yaml",
+        [f"data.root={tmp_path}", "data.fold_seed=3", "train.seed=3", "train.epochs=23",
+         "train.milestones=[15, 20]"],
+    )  # fmt: skip
+    assert ours == theirs
+    focal = demo_config(tmp_path, "focal", 3, 23, [15, 20], 8)
+    assert focal.loss.name == "focal"
+    assert focal.model_copy(update={"loss": ours.loss}) == ours  # nothing else differs
+
+
+# -- operating threshold -------------------------------------------------------------------
+
+
+def test_operating_threshold_on_hand_made_scores():
+    # 2 NP images with scores 0.9, 0.8, 0.3, 0.2; hits at 0.95 and 0.5. Candidate
+    # thresholds are all scores; FPs per NP image at t = (NP scores >= t) / 2.
+    thresholds, _, nfp = froc_curve(np.array([0.95, 0.5]), np.array([0.9, 0.8, 0.3, 0.2]), 2, 2)
+    # 1 FP per image allows 2 FPs: t = 0.5 keeps 0.9 and 0.8; t = 0.3 would add a third
+    assert operating_threshold(thresholds, nfp, 1.0) == pytest.approx(0.5)
+    # 0.5 per image allows 1 FP: t = 0.9 (t = 0.8 would make 2)
+    assert operating_threshold(thresholds, nfp, 0.5) == pytest.approx(0.9)
+    # no FP at all: only the hit at 0.95 is above every NP score
+    assert operating_threshold(thresholds, nfp, 0.0) == pytest.approx(0.95)
+    assert operating_threshold(thresholds, nfp, 100.0) == pytest.approx(0.2)
+
+
+def test_operating_threshold_none_when_no_score_qualifies():
+    thresholds, _, nfp = froc_curve(np.zeros(0), np.array([0.9, 0.9, 0.9]), 1, 1)
+    assert operating_threshold(thresholds, nfp, 1.0) is None
+    thresholds, _, nfp = froc_curve(np.zeros(0), np.zeros(0), 1, 1)
+    assert operating_threshold(thresholds, nfp, 1.0) is None
+
+
+def test_operating_threshold_matches_a_brute_force_search():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        hits = rng.choice(np.linspace(0, 1, 11), 6)
+        negs = rng.choice(np.linspace(0, 1, 11), 9)
+        n_neg = int(rng.integers(1, 5))
+        fps = float(rng.choice([0.5, 1, 2]))
+        thresholds, _, nfp = froc_curve(hits, negs, 6, n_neg)
+        got = operating_threshold(thresholds, nfp, fps)
+        ok = [t for t in np.unique(np.r_[hits, negs]) if (negs >= t).sum() / n_neg <= fps]
+        assert got == (min(ok) if ok else None)
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+def test_overall_progress_counts_planned_seconds():
+    bar = DemoProgress([("a", "A", 10.0), ("b", "B", 20.0), ("c", "C", 10.0)], enabled=False)
+    overall = bar.bar.tasks[bar.overall]
+    assert overall.total == 40
+    bar.start("a", "steps")(3, 3)
+    bar.finish("a")
+    update = bar.start("b", "steps")
+    update(5, 10)  # half of B's 20 planned seconds
+    assert overall.completed == 10 + 10
+    update(10, 10)
+    bar.finish("b")
+    assert overall.completed == 30
+    assert set(bar.seconds) == {"a", "b"} and all(v >= 0 for v in bar.seconds.values())
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+TINY = {
+    "steps": 6, "train_positive": 4, "train_negative": 4, "test_positive": 2,
+    "test_negative": 2, "image_size": 384, "folds": 2, "slide_width": 1536,
+    "slide_height": 1024, "tile": 384, "overlays": 2,
+}  # fmt: skip
+
+
+def _metrics(out):
+    return {k: json.loads((out / "predictions" / k / "eval" / "metrics.json").read_text())
+            for k in LOSSES}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a user's file in the output folder
+    lines = []
+    result = run_demo(out, DemoSettings(**TINY), echo=lines.append, progress=False)
+    return out, result, lines
+
+
+def test_tiny_demo_writes_every_stage(tiny):
+    out, result, lines = tiny
+    for loss in LOSSES:
+        run = out / "runs" / loss
+        assert (run / "last.pt").is_file() and (run / "config.yaml").is_file()
+        assert result["training"][loss]["steps"] >= 1
+        pred = out / "predictions" / loss
+        assert (pred / "predictions.csv").is_file()
+        for f in ("metrics.json", "froc.png", "report.md"):
+            assert (pred / "eval" / f).is_file()
+    truth = json.loads((out / "data" / "test" / "synth.json").read_text())
+    # the test split is fully annotated, the training split about half
+    assert truth["totals"]["n_annotated"] == truth["totals"]["n_src"]
+    assert result["data"]["train"]["n_annotated"] < result["data"]["train"]["n_src"]
+    slide = out / "predictions" / "dghm" / "slides" / "demo-slide"
+    for f in ("detections.geojson", "heatmap.png", "summary.json"):
+        assert (slide / f).is_file()
+    report = (out / "report.md").read_text()
+    assert "![FROC of both models on the test split](froc.png)" in report
+    assert "| FROC (mean recall at 1-32 FPs per NP image) |" in report
+    # every picture the report shows exists
+    for ref in [s.split("](", 1)[1].split(")")[0] for s in report.split("![")[1:]]:
+        assert (out / ref).is_file(), ref
+    assert (out / "overlays" / "ap-1.png").is_file() and (out / "overlays" / "np-1.png").is_file()
+    assert json.loads((out / "demo.json").read_text())["steps"] == 6
+    command = [line for line in lines if "pathodet review" in line]
+    assert command and f"--data {out / 'data' / 'test'}" in command[0]
+    assert f"--predictions {out / 'predictions' / 'dghm'}" in command[0]
+
+
+def test_tiny_demo_metrics_agree_with_an_independent_evaluation(tiny):
+    out, result, _ = tiny
+    from pathodet.eval.run import run_evaluate
+
+    for loss in LOSSES:
+        again = run_evaluate(out / "data" / "test", out / "predictions" / loss /
+                             "predictions.csv", out / "check" / loss)  # fmt: skip
+        assert again["froc"] == pytest.approx(result["evaluation"][loss]["froc"])
+        assert again["recall"] == pytest.approx(result["evaluation"][loss]["recall"])
+
+
+def test_rerun_in_place_reuses_finished_work_and_keeps_the_users_files(tiny):
+    out, first, _ = tiny
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")}
+    second = run_demo(out, DemoSettings(**TINY), echo=lambda _: None, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert all(second["training"][k]["resumed"] for k in LOSSES)
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.pt")} == mtimes
+    for k in LOSSES:
+        assert second["evaluation"][k]["froc"] == first["evaluation"][k]["froc"]
+    assert second["slide"]["run"]["slides"][0]["status"] == "resumed"
+
+
+def test_fresh_run_elsewhere_gives_the_same_numbers(tiny, tmp_path):
+    out, first, _ = tiny
+    other = tmp_path / "again"
+    run_demo(other, DemoSettings(**TINY), echo=lambda _: None, progress=False)
+    assert _metrics(other) == _metrics(out)
+    a = (out / "predictions" / "dghm" / "predictions.csv").read_text()
+    b = (other / "predictions" / "dghm" / "predictions.csv").read_text()
+    assert a == b
+
+
+def test_changed_settings_retrain_instead_of_resuming(tiny, tmp_path):
+    out, _, _ = tiny
+    other = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, other)
+    result = run_demo(other, DemoSettings(**{**TINY, "steps": 12}), echo=lambda _: None,
+                      progress=False)  # fmt: skip
+    for k in LOSSES:
+        assert not result["training"][k]["resumed"]
+        assert result["training"][k]["steps"] > 6
+
+
+def test_cli_demo_refuses_a_bad_budget(tmp_path):
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--budget-minutes", "-1"])
+    assert res.exit_code == 2
+    assert "budget_minutes" in res.output
+    assert not (tmp_path / "data").exists()

@@ -15,7 +15,7 @@ import torch
 
 from pathodet.config import load_config
 from pathodet.data.io import atomic_write_image
-from pathodet.data.predictions import read_predictions
+from pathodet.data.predictions import read_predictions, write_predictions
 from pathodet.data.synth import synthesize_image, write_synthetic_dataset
 from pathodet.data.tiling import window_starts
 from pathodet.engine.checkpoint import load_detector
@@ -207,3 +207,29 @@ def test_evaluate_cli_with_checkpoint(trained, tmp_path):
                           "--predictions", str(bad), "--out", str(out)],
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 2 and "not-there.jpeg" in res.stderr
+
+
+def test_boxes_clipped_to_a_sliver_at_the_image_edge_are_dropped(tmp_path):
+    """Regression: a detection running past the bottom edge, clipped to 0.004 px high, was
+    written to predictions.csv as y1 = y2 = 1009.00, which evaluation then refused."""
+    h, w = 97, 100  # padded to 128 x 128: detections may land in the padding
+
+    def edge_detector(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        boxes = torch.tensor(
+            [
+                [10.0, h - 0.004, 40.0, 120.0],  # a sliver once clipped
+                [50.0, h - 7.0, 80.0, 120.0],  # 7 px high once clipped
+                [90.0, 10.0, 125.0, 40.0],
+            ]
+        )  # 10 px wide once clipped
+        return [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7])} for _ in images]
+
+    rgb = np.zeros((h, w, 3), np.uint8)
+    got = detect_image(edge_detector, rgb, PredictSettings(tile=128, overlap=0))
+    np.testing.assert_allclose(
+        got.boxes, [[50.0, h - 7.0, 80.0, h], [90.0, 10.0, w, 40.0]], atol=1e-5
+    )
+    # and what is written can be read back
+    write_predictions(tmp_path / "p.csv", {"a.png": got})
+    back = read_predictions(tmp_path / "p.csv")["a.png"]
+    assert len(back.scores) == 2

@@ -27,6 +27,15 @@ from pathodet.data.tiling import window_starts
 from pathodet.engine.step import Precision, autocast
 from pathodet.model.retinanet import SRCRetinaNet, postprocess
 
+MIN_BOX_SIDE = 1.0
+"""Pixels: a detection clipped to the image edge that is narrower or lower than this is
+dropped. It is no cell, and written with two decimals it could become an empty box."""
+
+
+def big_enough(boxes: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: boxes ``(N, 4)`` at least :data:`MIN_BOX_SIDE` wide and high."""
+    return (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
+
 
 @dataclass(frozen=True)
 class PredictSettings:
@@ -41,6 +50,8 @@ class PredictSettings:
     max_per_image: int = 2000
 
     def __post_init__(self) -> None:
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.tile < 64 or self.tile % 32:
             raise ValueError(f"tile must be a multiple of 32 and >= 64, got {self.tile}")
         if not 0 <= self.overlap < self.tile:
@@ -75,9 +86,10 @@ def retinanet_detector(
     model: SRCRetinaNet, settings: PredictSettings, device: torch.device
 ) -> WindowDetector:
     """The detector's windows-to-boxes function at the run's threshold and precision."""
-    # per window: the run's threshold, and no cap below the whole image's
+    # per window: the run's threshold and NMS, and no cap below the whole image's
     inf = model.cfg.inference.model_copy(update={
         "score_threshold": settings.score_threshold,
+        "nms_iou": settings.nms_iou,
         "max_detections": max(settings.max_per_image, model.cfg.inference.max_detections),
     })  # fmt: skip
     model.eval()
@@ -130,7 +142,7 @@ def detect_image(
     s = np.concatenate(scores) if scores else np.zeros(0)
     b[:, 0::2] = b[:, 0::2].clip(0, w)  # padding is not image
     b[:, 1::2] = b[:, 1::2].clip(0, h)
-    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    ok = big_enough(b)
     b, s = b[ok], s[ok]
     keep = nms(torch.from_numpy(b), torch.from_numpy(s), settings.nms_iou).numpy()
     keep = keep[: settings.max_per_image]
@@ -153,6 +165,11 @@ class ImageFiles(torch.utils.data.Dataset):
             return {"index": i, "error": f"{self.paths[i]}: {exc}"}
 
 
+def _as_is(item: dict) -> dict:
+    """Items pass through the loader unconverted (decoded images are read-only arrays)."""
+    return item
+
+
 def detect_files(
     model: SRCRetinaNet,
     paths: Sequence[Path],
@@ -166,7 +183,7 @@ def detect_files(
     passed on so callers (overlays, sizes) never decode it again.
     """
     loader = torch.utils.data.DataLoader(
-        ImageFiles(paths), batch_size=None, num_workers=num_workers,
+        ImageFiles(paths), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
         prefetch_factor=2 if num_workers else None,
     )  # fmt: skip
     for item in loader:

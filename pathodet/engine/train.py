@@ -57,6 +57,10 @@ CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 
 
 ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
+OnStep = Callable[[int, int, float], None]
+"""Called on rank 0 after every optimiser step with ``(step, total_steps, loss)``: steps
+count from 1 over the whole run; a resumed run's first call carries the step it resumed at
+plus one. The demo draws its own progress bar with it."""
 """Scores validation detections: per tile predictions and ``(attribute, boxes)`` truth ->
 ``{"froc": ..., "recall": ..., ...}`` (values may be None). ``pathodet train`` passes
 :func:`pathodet.eval.validation.tile_metrics`; the best checkpoint then maximises FROC."""
@@ -99,9 +103,11 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         val_metrics: ValMetrics | None = None,
+        on_step: OnStep | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.val_metrics = val_metrics
+        self.on_step = on_step
         self.log_line = log
         tc = cfg.train
         if tc.threads:
@@ -321,6 +327,8 @@ class Trainer:
             tiles += tc.batch_size
             rate = tiles / max(time.perf_counter() - t0, 1e-9)
             bar.advance(values["loss"], rate)
+            if self.on_step is not None and self.info.is_main:
+                self.on_step(self.step, tc.epochs * n_batches, values["loss"])
             if self.info.is_main and (self.step % tc.log_every == 0 or self.batch == n_batches):
                 self.logs.log(self.step, self.epoch, "train", {**values, "tiles_per_s": rate})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
@@ -359,12 +367,13 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     val_metrics: ValMetrics | None = None,
+    on_step: OnStep | None = None,
 ) -> dict:
     """Train (or, with ``resume``, continue) the run in ``run_dir``; returns a summary dict.
 
     Under torchrun every rank calls this; only rank 0 writes files and logs.
     """
     try:
-        return Trainer(cfg, run_dir, resume, progress, log, val_metrics).fit()
+        return Trainer(cfg, run_dir, resume, progress, log, val_metrics, on_step).fit()
     finally:
         shutdown()

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from pathodet.engine.predict import WindowDetector
+from pathodet.engine.predict import WindowDetector, big_enough
 from pathodet.slides.plan import SlidePlan
 from pathodet.slides.reader import Slide
 
@@ -110,7 +110,7 @@ def detect_windows(
             mx, my = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
             x_lo, x_hi, y_lo, y_hi = plan.cores[i]
             keep = (mx >= x_lo) & (mx < x_hi) & (my >= y_lo) & (my < y_hi)
-            keep &= (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            keep &= big_enough(b)
             boxes.append(b[keep])
             scores.append(det["scores"].float().cpu().numpy().astype(np.float64)[keep])
         done += len(dets)

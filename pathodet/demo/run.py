@@ -1,0 +1,282 @@
+"""``pathodet demo``: the whole mission on synthetic data, end to end, on a CPU.
+
+Stages, each with its own progress bar (:class:`~pathodet.demo.progress.DemoProgress`):
+
+1. synthesize a partially annotated training set (``annotate_rate`` of the SRCs boxed) and
+   a held-out, fully annotated test set;
+2. train DGHM-C and focal with the same recipe and number of steps;
+3. predict the test images with each final checkpoint and evaluate (recall, NFP, FROC,
+   true recall/precision), with both FROC curves in one plot;
+4. synthesize a small pyramidal slide and run slide inference with the DGHM-C model;
+5. write ``report.md`` (:mod:`pathodet.demo.report`).
+
+Output folder::
+
+    data/train/  data/test/           synthetic DigestPath roots (test also holds the slide)
+    runs/dghm/  runs/focal/           training runs (pathodet train layout)
+    predictions/dghm/  .../focal/     predictions, eval/ (pathodet evaluate), slides/ (dghm)
+    froc.png  overlays/  report.md  demo.json
+
+Re-running into the same folder asks nothing and touches only these files. Finished work is
+kept when its inputs are unchanged: training resumes from ``last.pt`` (so a killed demo
+continues where it stopped), predictions and slides skip what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
+from pathodet.data.io import atomic_write_text
+from pathodet.data.predictions import read_predictions
+from pathodet.data.sampler import APNPBatchSampler
+from pathodet.data.synth import write_synthetic_dataset
+from pathodet.data.synth.slide import truth_path, write_synthetic_slide
+from pathodet.demo.progress import DemoProgress
+from pathodet.demo.report import operating_threshold, review_command, write_report
+from pathodet.demo.settings import LOSSES, STEP_SECONDS, DemoSettings, demo_config, schedule
+from pathodet.engine.checkpoint import load_detector
+from pathodet.engine.data import training_data
+from pathodet.engine.dist import DistInfo, pick_device
+from pathodet.engine.predict import PredictSettings, retinanet_detector
+from pathodet.engine.predict_run import checkpoint_fingerprint, run_predict
+from pathodet.engine.train import CONFIG_FILE, LAST, absolute_paths, train
+from pathodet.eval.matching import greedy_match
+from pathodet.eval.metrics import curve
+from pathodet.eval.report import froc_png
+from pathodet.eval.run import run_evaluate
+from pathodet.eval.truth import load_truth
+from pathodet.eval.validation import tile_metrics
+from pathodet.slides.plan import SlideSettings
+from pathodet.slides.run import run_slides
+
+SLIDE_NAME = "demo-slide.tiff"
+
+
+def _stages(settings: DemoSettings) -> list[tuple[str, str, float]]:
+    """``(key, label, planned seconds)`` of every stage, in order."""
+    steps = settings.train_steps()
+    return [
+        ("synth", "synthesize data", 20.0),
+        *[(f"train_{k}", f"train {label}", steps * STEP_SECONDS) for k, label in LOSSES.items()],
+        ("evaluate", "predict + evaluate", 40.0),
+        ("slide", "whole slide", 50.0),
+        ("report", "report", 10.0),
+    ]
+
+
+def synthesize(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
+    """The training root (partially annotated) and the test root (every SRC annotated)."""
+    n_train = s.train_positive + s.train_negative
+    total = n_train + s.test_positive + s.test_negative
+    train = write_synthetic_dataset(
+        out / "data" / "train", s.train_positive, s.train_negative, s.image_size, s.seed,
+        s.annotate_rate, images_per_slide=2, progress=lambda d, _: update(d, total),
+    )  # fmt: skip
+    test = write_synthetic_dataset(
+        out / "data" / "test", s.test_positive, s.test_negative, s.image_size, s.seed + 1000,
+        1.0, images_per_slide=1, progress=lambda d, _: update(n_train + d, total),
+    )  # fmt: skip
+    return {"train": train["totals"], "test": test["totals"]}
+
+
+def _same_run(run_dir: Path, cfg) -> bool:
+    """True when ``run_dir`` holds a run of exactly ``cfg`` (so it may be resumed)."""
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return saved == absolute_paths(cfg).model_dump(mode="json") and (run_dir / LAST).is_file()
+
+
+def train_model(out: Path, loss: str, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
+    """Train one model for about ``s.train_steps()`` steps; resumes an identical earlier run."""
+    root = out / "data" / "train"
+    probe = demo_config(root, loss, s.seed, 1, [], s.folds)
+    data = training_data(probe.data, probe.train)
+    tc = probe.train
+    per_epoch = APNPBatchSampler(
+        data.ap, data.np, tc.batch_size, tc.ap_fraction, tc.seed
+    ).batches_per_epoch()
+    epochs, milestones = schedule(s.train_steps(), per_epoch)
+    cfg = demo_config(root, loss, s.seed, epochs, milestones, s.folds)
+    run_dir = out / "runs" / loss
+    resume = _same_run(run_dir, cfg)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # the demo's own earlier run, made with other settings
+    # wall time over every demo invocation that worked on this run (a killed one's is lost)
+    clock = run_dir / "demo-time.json"
+    before = json.loads(clock.read_text())["seconds"] if resume and clock.is_file() else 0.0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
+        summary = train(
+            cfg, run_dir, resume=resume, progress=False, log=lambda _: None,
+            val_metrics=tile_metrics, on_step=lambda step, total, _: update(step, total),
+        )  # fmt: skip
+    seconds = before + time.perf_counter() - t0
+    atomic_write_text(clock, json.dumps({"seconds": seconds}))
+    update(epochs * per_epoch, epochs * per_epoch)
+    return {
+        "loss": loss,
+        "steps": summary["steps"],
+        "epochs": epochs,
+        "milestones": milestones,
+        "resumed": resume,
+        "seconds": seconds,
+        "checkpoint": str(run_dir / LAST),
+    }
+
+
+def _settings(s: DemoSettings) -> PredictSettings:
+    return PredictSettings(
+        tile=s.tile, overlap=128, batch_size=2, precision="bf16", nms_iou=s.nms_iou
+    )
+
+
+def evaluate_models(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
+    """Predict the test images with each final checkpoint; metrics, curves, the FROC plot."""
+    test = out / "data" / "test"
+    inputs = [test / POS_DIR, test / NEG_DIR]
+    n = s.test_positive + s.test_negative
+    gt = load_truth(test)
+    results, curves = {}, {}
+    for k, loss in enumerate(LOSSES):
+        pred = out / "predictions" / loss
+        run_predict(
+            out / "runs" / loss / LAST, inputs, pred, _settings(s),
+            progress=lambda d, _, k=k: update(k * n + d, len(LOSSES) * n),
+        )  # fmt: skip
+        metrics = run_evaluate(test, pred / "predictions.csv", pred / "eval", full=test / FULL_DIR)
+        thresholds, recall, nfp = curve(read_predictions(pred / "predictions.csv"), gt.truth)
+        curves[LOSSES[loss]] = (recall, nfp)
+        metrics["threshold_at_1fp"] = operating_threshold(thresholds, nfp, 1.0)
+        results[loss] = metrics
+    froc_png(curves, out / "froc.png")
+    return results
+
+
+def slide_inference(out: Path, s: DemoSettings, threshold: float | None, update) -> dict:
+    """Synthesize the demo slide (unless an identical one is there) and detect on it."""
+    slide = out / "data" / "test" / SLIDE_NAME
+    stamp = slide.with_suffix(".params.json")
+    params = {"width": s.slide_width, "height": s.slide_height, "seed": s.seed}
+    if not (slide.is_file() and truth_path(slide).is_file() and stamp.is_file()
+            and json.loads(stamp.read_text()) == params):  # fmt: skip
+        write_synthetic_slide(slide, s.slide_width, s.slide_height, seed=s.seed,
+                              tissue_fraction=0.5)  # fmt: skip
+        atomic_write_text(stamp, json.dumps(params))
+    checkpoint = out / "runs" / "dghm" / LAST
+    model, _ = load_detector(checkpoint)
+    device = pick_device("auto", DistInfo())
+    detector = retinanet_detector(model.to(device), _settings(s), device)
+    count = threshold if threshold is not None else 0.5
+    pred = out / "predictions" / "dghm"
+    summary = run_slides(
+        detector, [slide], pred, _settings(s), SlideSettings(count_threshold=count),
+        checkpoint_fingerprint(checkpoint), progress=lambda _, d, t: update(d, t),
+    )  # fmt: skip
+    record = summary["slides"][0] if summary.get("slides") else {}
+    if record.get("status") == "failed":
+        return {"error": record.get("error", "unknown error"), "run": summary}
+    folder = pred / "slides" / slide.stem
+    found = read_predictions(folder / "detections.csv").get(slide.name)
+    listed = read_predictions(truth_path(slide)).get(slide.name)
+    truth = listed.boxes if listed is not None else np.zeros((0, 4))
+    keep = found.scores >= count if found is not None else np.zeros(0, bool)
+    boxes = found.boxes[keep] if found is not None else np.zeros((0, 4))
+    match = greedy_match(boxes, found.scores[keep] if found is not None else np.zeros(0), truth)
+    doc = json.loads((folder / "summary.json").read_text())
+    return {
+        "folder": str(folder),
+        "count_threshold": count,
+        "true_src": len(truth),
+        "detections": int(keep.sum()),
+        "hits": int((match >= 0).sum()),
+        "recall": float((match >= 0).sum() / len(truth)) if len(truth) else None,
+        "precision": float((match >= 0).mean()) if len(match) else None,
+        "summary": doc,
+        "run": summary,
+    }
+
+
+def run_demo(
+    out: str | Path,
+    settings: DemoSettings | None = None,
+    echo: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Run every stage into ``out``; returns what ``demo.json`` holds."""
+    out = Path(out)
+    s = settings or DemoSettings()
+    out.mkdir(parents=True, exist_ok=True)
+    steps = s.train_steps()
+    echo(
+        f"pathodet demo into {out}: seed {s.seed}, {steps} training steps per model "
+        f"(budget {s.budget_minutes:g} min; about {s.planned_seconds() / 60:.0f} min planned "
+        "on a 2-core CPU)"
+    )
+    t0 = time.perf_counter()
+    result: dict = {"settings": s.model_dump(), "steps": steps}
+    with DemoProgress(_stages(s), enabled=progress) as bar:
+        result["data"] = synthesize(out, s, bar.start("synth", "images"))
+        bar.finish("synth")
+        result["training"] = {}
+        for loss in LOSSES:
+            key = f"train_{loss}"
+            tr = train_model(out, loss, s, bar.start(key, "steps"))
+            result["training"][loss] = tr
+            bar.finish(key, f"{tr['steps']} steps" + (", reused" if tr["resumed"] else ""))
+        result["evaluation"] = ev = evaluate_models(out, s, bar.start("evaluate", "images"))
+        bar.finish("evaluate", _frocs(ev))
+        threshold = ev["dghm"]["threshold_at_1fp"]
+        result["slide"] = sl = slide_inference(out, s, threshold, bar.start("slide", "windows"))
+        bar.finish("slide", sl.get("error") or f"{sl['detections']} SRC detections")
+        bar.start("report", "files")
+        result["seconds"] = _seconds(bar.seconds, time.perf_counter() - t0, result["training"])
+        result["machine"] = {"cpus": _cpus(), "platform": platform.platform()}
+        write_report(out, result)
+        bar.finish("report")
+    result["seconds"] = _seconds(bar.seconds, time.perf_counter() - t0, result["training"])
+    atomic_write_text(out / "demo.json", json.dumps(result, indent=2, default=str) + "\n")
+    echo(_headline(result))
+    echo(f"report: {out / 'report.md'}")
+    echo("review the DGHM-C results (opens the app on http://127.0.0.1:8501):")
+    echo(f"  {review_command(out)}")
+    return result
+
+
+def _seconds(stages: dict, total: float, training: dict) -> dict:
+    """Stage and total wall times of this invocation, and ``end_to_end``: the total with the
+    training time of runs this invocation reused (from their ``demo-time.json``) put back."""
+    now = sum(stages.get(f"train_{k}", 0.0) for k in training)
+    before = sum(training[k]["seconds"] for k in training)
+    return {**stages, "total": total, "end_to_end": total - now + before}
+
+
+def _frocs(ev: dict) -> str:
+    return "FROC " + ", ".join(
+        f"{LOSSES[k]} {ev[k]['froc']:.3f}" if ev[k].get("froc") is not None else f"{LOSSES[k]} n/a"
+        for k in LOSSES
+    )
+
+
+def _headline(result: dict) -> str:
+    t = result["seconds"]
+    return (f"held-out {_frocs(result['evaluation'])}; {t['total'] / 60:.1f} min "
+            f"({t['end_to_end'] / 60:.1f} min end to end)")  # fmt: skip
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
