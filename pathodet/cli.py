@@ -238,6 +238,29 @@ def demo(
         run_demo(out, settings, echo=typer.echo, progress=not quiet)
 
 
+@bench_app.command("speed")
+def bench_speed(
+    out: Annotated[Path, typer.Option(help="Folder for speed.json/.md.")] = Path("docs/benchmarks"),
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Detector (default: the demo's DGHM-C, if present).")
+    ] = Path("demo-output/runs/dghm/last.pt"),
+    test_root: Annotated[
+        Path | None, typer.Option(help="Held-out split for fp32 vs bf16 FROC.")
+    ] = Path("demo-output/data/test"),
+) -> None:
+    """Step time per loss, inference Mpx/s fp32/bf16 at two window sizes, time outside the
+    forward, GFLOP/s against the matmul peak, and bf16's FROC cost."""
+    from pathodet.bench.speed import run_speed
+
+    if checkpoint is not None and not checkpoint.is_file():
+        typer.echo(f"{checkpoint}: not found; timing random weights, no FROC check", err=True)
+        checkpoint = None
+    if test_root is not None and not test_root.is_dir():
+        test_root = None
+    with user_errors():
+        run_speed(out, checkpoint, test_root, log=lambda m: typer.echo(m, err=True))
+
+
 @bench_app.command("slide")
 def bench_slide(
     out: Annotated[Path, typer.Option(help="Folder for slide-speed.json/.md.")] = Path(
