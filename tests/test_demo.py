@@ -180,7 +180,7 @@ def test_tiny_demo_writes_every_stage(tiny):
     assert f"--predictions {out / 'predictions' / 'dghm'}" in command[0]
 
 
-def test_tiny_demo_metrics_agree_with_an_independent_evaluation(tiny):
+def test_tiny_demo_reports_the_metrics_of_the_predictions_it_wrote(tiny):
     out, result, _ = tiny
     from pathodet.eval.run import run_evaluate
 

@@ -30,16 +30,24 @@ from pathodet.slides.plan import SlideSettings
 from pathodet.slides.run import run_slides
 
 
-def _timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[str, float]):  # noqa: ANN202
-    """The production detector (:func:`retinanet_detector`), timed: hooks on the model
-    count its forward pass; the rest of each call is the per-window postprocess."""
+def timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[str, float]):  # noqa: ANN202
+    """The production detector (:func:`retinanet_detector`), timed into ``clock``: hooks on
+    the model add its forward passes to ``clock["forward"]``, the rest of each call (the
+    per-window postprocess) to ``clock["postprocess"]``, and the windows seen to
+    ``clock["windows"]``. Returns ``(detector, hook handles)``; remove the handles to stop
+    timing this model."""
+    for key in ("forward", "postprocess", "windows"):
+        clock.setdefault(key, 0.0)
     start: list[float] = []
-    model.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
+
+    def forward_started(*_: object) -> None:
+        start.append(time.perf_counter())
 
     def forward_done(*_: object) -> None:
         clock["forward"] += time.perf_counter() - start.pop()
 
-    model.register_forward_hook(forward_done)
+    handles = [model.register_forward_pre_hook(forward_started),
+               model.register_forward_hook(forward_done)]  # fmt: skip
     detect = retinanet_detector(model, settings, torch.device("cpu"))
 
     def timed(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -47,9 +55,10 @@ def _timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[
         forward_before = clock["forward"]
         dets = detect(images)
         clock["postprocess"] += time.perf_counter() - t0 - (clock["forward"] - forward_before)
+        clock["windows"] += images.shape[0]
         return dets
 
-    return timed
+    return timed, handles
 
 
 def measure_one(slide: Path, checkpoint: Path | None, precision: str, batch_size: int,
@@ -65,8 +74,8 @@ def measure_one(slide: Path, checkpoint: Path | None, precision: str, batch_size
         torch.manual_seed(0)
         model = build_retinanet(ModelConfig())
     settings = PredictSettings(tile=tile, batch_size=batch_size, precision=precision)  # type: ignore[arg-type]
-    clock = {"forward": 0.0, "postprocess": 0.0}
-    detector = _timed_detector(model, settings, clock)
+    clock: dict[str, float] = {}
+    detector, _ = timed_detector(model, settings, clock)  # a fresh model per process
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         run = run_slides(detector, [slide], Path(out), settings,

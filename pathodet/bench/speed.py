@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathodet.bench.slide_speed import timed_detector
 from pathodet.data.io import atomic_write_text
-from pathodet.data.tiling import window_starts
-from pathodet.engine.predict import PredictSettings, detect_image, retinanet_detector
+from pathodet.engine.predict import PredictSettings, detect_image
 from pathodet.model.retinanet import SRCRetinaNet
 
 
@@ -66,42 +66,31 @@ def image_inference(
     model: SRCRetinaNet, rgb: np.ndarray, tile: int, precision: str, repeats: int = 2
 ) -> dict:
     """Throughput of :func:`detect_image` on ``rgb`` (the production path, per window
-    postprocess and whole-image NMS included), median of ``repeats`` after a warm-up."""
+    postprocess and whole-image NMS included), median of ``repeats`` after a warm-up; the
+    forward passes and windows are counted by :func:`timed_detector`'s hooks."""
     settings = PredictSettings(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
-    clock = {"forward": 0.0}
-    start: list[float] = []
-
-    def pre(*_: object) -> None:
-        start.append(time.perf_counter())
-
-    def post(*_: object) -> None:
-        clock["forward"] += time.perf_counter() - start.pop()
-
-    detect = retinanet_detector(model, settings, torch.device("cpu"))
-    detect_image(detect, rgb[:tile, :tile], settings)  # warm-up
-    handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
-    walls, forwards = [], []
+    clock: dict[str, float] = {}
+    detect, handles = timed_detector(model, settings, clock)
+    walls, forwards, windows = [], [], []
     try:
+        detect_image(detect, rgb[:tile, :tile], settings)  # warm-up
         for _ in range(repeats):
-            clock["forward"] = 0.0
+            clock.update(forward=0.0, postprocess=0.0, windows=0)
             t0 = time.perf_counter()
             detect_image(detect, rgb, settings)
             walls.append(time.perf_counter() - t0)
             forwards.append(clock["forward"])
+            windows.append(int(clock["windows"]))
     finally:
         for h in handles:
             h.remove()
     h, w = rgb.shape[:2]
-    stride = tile - settings.overlap
-    windows = len(window_starts(h, min(tile, h), stride)) * len(
-        window_starts(w, min(tile, w), stride)
-    )
     wall, forward = statistics.median(walls), statistics.median(forwards)
     return {
         "tile": tile,
         "precision": precision,
         "megapixels": h * w / 1e6,
-        "windows": windows,
+        "windows": windows[0],
         "wall_s": wall,
         "forward_s": forward,
         "mpx_per_s": h * w / 1e6 / wall,

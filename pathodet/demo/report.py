@@ -20,7 +20,7 @@ from PIL import Image
 from pathodet.data.digestpath import load_records
 from pathodet.data.io import atomic_write_image, atomic_write_text
 from pathodet.data.overlay import draw_boxes
-from pathodet.data.predictions import read_predictions
+from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image
 from pathodet.demo.settings import LOSSES
 from pathodet.eval.matching import greedy_match
@@ -56,11 +56,12 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _panel(rgb: np.ndarray, truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    hit = greedy_match(boxes, scores, truth) >= 0
+def _panel(rgb: np.ndarray, truth: np.ndarray, found: ImagePredictions) -> tuple[np.ndarray, int]:
+    """``rgb`` with the truth and ``found`` drawn, and how many detections hit an SRC."""
+    hit = greedy_match(found.boxes, found.scores, truth) >= 0
     img = draw_boxes(rgb, truth, YELLOW, 2)
-    img = draw_boxes(img, boxes[~hit], RED, 3)
-    return draw_boxes(img, boxes[hit], GREEN, 3)
+    img = draw_boxes(img, found.boxes[~hit], RED, 3)
+    return draw_boxes(img, found.boxes[hit], GREEN, 3), int(hit.sum())
 
 
 def overlays(out: Path, result: dict) -> list[dict]:
@@ -81,13 +82,11 @@ def overlays(out: Path, result: dict) -> list[dict]:
         panels, counts = [], {}
         for k in LOSSES:
             t = result["evaluation"][k]["threshold_at_1fp"]
-            p = preds[k].get(rec.name)
-            keep = p.scores >= t if (p is not None and t is not None) else slice(0, 0)
-            boxes = p.boxes[keep] if p is not None else np.zeros((0, 4))
-            scores = p.scores[keep] if p is not None else np.zeros(0)
-            panels.append(_panel(rgb, truth, boxes, scores))
-            hits = int((greedy_match(boxes, scores, truth) >= 0).sum())
-            counts[k] = {"detections": len(scores), "hits": hits}
+            p = preds[k].get(rec.name, ImagePredictions())
+            keep = p.scores >= (t if t is not None else np.inf)
+            panel, hits = _panel(rgb, truth, ImagePredictions(p.boxes[keep], p.scores[keep]))
+            panels.append(panel)
+            counts[k] = {"detections": int(keep.sum()), "hits": hits}
         gap = np.full((rgb.shape[0], 16, 3), 255, np.uint8)
         both = np.concatenate([panels[0], gap, panels[1]], axis=1)
         small = Image.fromarray(both).resize(

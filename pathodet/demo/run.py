@@ -32,12 +32,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text
-from pathodet.data.predictions import read_predictions
+from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import truth_path, write_synthetic_slide
@@ -189,12 +188,10 @@ def slide_inference(out: Path, s: DemoSettings, threshold: float | None, update)
     if record.get("status") == "failed":
         return {"error": record.get("error", "unknown error"), "run": summary}
     folder = pred / "slides" / slide.stem
-    found = read_predictions(folder / "detections.csv").get(slide.name)
-    listed = read_predictions(truth_path(slide)).get(slide.name)
-    truth = listed.boxes if listed is not None else np.zeros((0, 4))
-    keep = found.scores >= count if found is not None else np.zeros(0, bool)
-    boxes = found.boxes[keep] if found is not None else np.zeros((0, 4))
-    match = greedy_match(boxes, found.scores[keep] if found is not None else np.zeros(0), truth)
+    found = read_predictions(folder / "detections.csv").get(slide.name, ImagePredictions())
+    truth = read_predictions(truth_path(slide)).get(slide.name, ImagePredictions()).boxes
+    keep = found.scores >= count
+    match = greedy_match(found.boxes[keep], found.scores[keep], truth)
     doc = json.loads((folder / "summary.json").read_text())
     return {
         "folder": str(folder),
