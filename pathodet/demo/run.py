@@ -32,23 +32,19 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import ImagePredictions, read_predictions
-from pathodet.data.sampler import APNPBatchSampler
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import truth_path, write_synthetic_slide
 from pathodet.demo.progress import DemoProgress
 from pathodet.demo.report import operating_threshold, review_command, write_report
-from pathodet.demo.settings import LOSSES, STEP_SECONDS, DemoSettings, demo_config, schedule
+from pathodet.demo.settings import LOSSES, STEP_SECONDS, DemoSettings, config_for_steps, demo_config
 from pathodet.engine.checkpoint import load_detector
-from pathodet.engine.data import training_data
 from pathodet.engine.dist import DistInfo, pick_device
 from pathodet.engine.predict import PredictSettings, retinanet_detector
 from pathodet.engine.predict_run import checkpoint_fingerprint, run_predict
-from pathodet.engine.train import CONFIG_FILE, LAST, absolute_paths, train
+from pathodet.engine.train import LAST, can_resume, train
 from pathodet.eval.matching import greedy_match
 from pathodet.eval.metrics import curve
 from pathodet.eval.report import froc_png
@@ -88,28 +84,15 @@ def synthesize(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -
     return {"train": train["totals"], "test": test["totals"]}
 
 
-def _same_run(run_dir: Path, cfg) -> bool:
-    """True when ``run_dir`` holds a run of exactly ``cfg`` (so it may be resumed)."""
-    try:
-        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return saved == absolute_paths(cfg).model_dump(mode="json") and (run_dir / LAST).is_file()
-
-
 def train_model(out: Path, loss: str, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
     """Train one model for about ``s.train_steps()`` steps; resumes an identical earlier run."""
     root = out / "data" / "train"
-    probe = demo_config(root, loss, s.seed, 1, [], s.folds)
-    data = training_data(probe.data, probe.train)
-    tc = probe.train
-    per_epoch = APNPBatchSampler(
-        data.ap, data.np, tc.batch_size, tc.ap_fraction, tc.seed
-    ).batches_per_epoch()
-    epochs, milestones = schedule(s.train_steps(), per_epoch)
-    cfg = demo_config(root, loss, s.seed, epochs, milestones, s.folds)
+    cfg = config_for_steps(
+        lambda epochs, milestones: demo_config(root, loss, s.seed, epochs, milestones, s.folds),
+        s.train_steps(),
+    )
     run_dir = out / "runs" / loss
-    resume = _same_run(run_dir, cfg)
+    resume = can_resume(run_dir, cfg)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own earlier run, made with other settings
     # wall time over every demo invocation that worked on this run (a killed one's is lost)
@@ -124,12 +107,12 @@ def train_model(out: Path, loss: str, s: DemoSettings, update: Callable[[int, in
         )  # fmt: skip
     seconds = before + time.perf_counter() - t0
     atomic_write_text(clock, json.dumps({"seconds": seconds}))
-    update(epochs * per_epoch, epochs * per_epoch)
+    update(summary["steps"], summary["steps"])
     return {
         "loss": loss,
         "steps": summary["steps"],
-        "epochs": epochs,
-        "milestones": milestones,
+        "epochs": cfg.train.epochs,
+        "milestones": cfg.train.milestones,
         "resumed": resume,
         "seconds": seconds,
         "checkpoint": str(run_dir / LAST),

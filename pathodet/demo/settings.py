@@ -9,12 +9,15 @@ slower machine takes longer; the progress bars show the real ETA.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import Field
 
 from pathodet.config import Config, load_config
 from pathodet.data.config import Strict
+from pathodet.data.sampler import APNPBatchSampler
+from pathodet.engine.data import training_data
 
 STEP_SECONDS = 0.40
 """Nominal seconds per training step of :func:`demo_config` (batch 8, 256-px crops, bf16)
@@ -77,8 +80,26 @@ def schedule(steps: int, batches_per_epoch: int) -> tuple[int, list[int]]:
     return epochs, [m for m in milestones if m < epochs]
 
 
+def config_for_steps(make: Callable[[int, list[int]], Config], steps: int) -> Config:
+    """``make(epochs, milestones)`` for about ``steps`` steps on :func:`schedule`; the number
+    of batches per epoch is read from a probe config's training data."""
+    probe = make(1, [])
+    data = training_data(probe.data, probe.train)
+    tc = probe.train
+    per_epoch = APNPBatchSampler(
+        data.ap, data.np, tc.batch_size, tc.ap_fraction, tc.seed
+    ).batches_per_epoch()
+    return make(*schedule(steps, per_epoch))
+
+
 def demo_config(
-    root: str | Path, loss: str, seed: int, epochs: int, milestones: list[int], folds: int = 8
+    root: str | Path,
+    loss: str,
+    seed: int,
+    epochs: int,
+    milestones: list[int],
+    folds: int = 8,
+    extra: list[str] | None = None,
 ) -> Config:
     """The training config of one demo model (also written to its run folder).
 
@@ -86,6 +107,7 @@ def demo_config(
     512-px tiles and 256-px crops (SRCs are 30-90 px), a 128-channel FPN and head (a
     quarter of the head's work), bf16 autocast (2x), from scratch with batch norm and a
     higher Adam rate (3e-4 after 20 warm-up steps), one held-out fold of 8 for validation.
+    ``extra`` overrides (``section.key=value``) are applied last, e.g. by the loss benchmark.
     """
     cfg = load_config(
         None,
@@ -107,6 +129,7 @@ def demo_config(
             "train.num_workers=1",
             "train.checkpoint_every=50",
             "train.val_tiles=32",
+            *(extra or []),
         ],
     )
     cfg.data.root = Path(root)  # assigned, not parsed: a path is never read as YAML

@@ -87,6 +87,16 @@ def absolute_paths(cfg: Config) -> Config:
     return cfg
 
 
+def can_resume(run_dir: Path, cfg: Config) -> bool:
+    """True when ``run_dir`` holds a ``last.pt`` of a run of exactly ``cfg`` (with
+    :func:`absolute_paths`), so that ``train(cfg, run_dir, resume=True)`` continues it."""
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return saved == absolute_paths(cfg).model_dump(mode="json") and (run_dir / LAST).is_file()
+
+
 def save_run_config(cfg: Config, run_dir: Path) -> None:
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_text(run_dir / CONFIG_FILE, text)

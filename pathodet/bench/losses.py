@@ -1,0 +1,363 @@
+"""``pathodet bench losses``: the DGHM paper's controlled missing-label comparison (Tables 3
+and 4), on synthetic data where the full truth is known.
+
+Design (paper section 4.6, with what synthetic data adds):
+
+- One fully annotated synthetic training set; ``pathodet data drop`` removes a fraction
+  ``eta`` of each AP image's boxes for every drop rate (0% is the reference), the removed
+  boxes recorded. One held-out, fully annotated synthetic test set.
+- Every method trains the same model (the demo's recipe, :func:`~pathodet.demo.settings.
+  demo_config`) for the same number of steps, with the same seeds.
+- Metrics: precision, NFP score, recall and FROC on the test set (which is fully
+  annotated, so these are true values); T-recall and R-recall on the training AP images
+  (the kept and the removed boxes); true recall and true precision on the training AP
+  images against every real SRC in them.
+
+Output folder (``--out``)::
+
+    data/full/  data/test/                    synthetic roots (train fully annotated, test)
+    data/drop-30/ ...                         pathodet data drop copies, + folds.csv
+    runs/seed0/drop-30/dghm/                  one training run (checkpoints removed when done)
+        predictions/test/  predictions/train/ pathodet predict folders
+        eval-test/  eval-train/               pathodet evaluate folders
+        result.json                           the run's metrics (written last: it marks done)
+
+Every stage is skipped when its output is there and was made from the same settings, so an
+interrupted benchmark continues where it stopped. The report (:mod:`pathodet.bench.
+losses_report`) is written from the ``result.json`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from pathodet.config import Config
+from pathodet.data.config import Strict
+from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
+from pathodet.data.drop import REMOVED_DIR, drop_annotations
+from pathodet.data.io import atomic_write_text
+from pathodet.data.synth import write_synthetic_dataset
+from pathodet.demo.settings import NMS_IOU, config_for_steps, demo_config
+from pathodet.engine.predict import PredictSettings
+from pathodet.engine.predict_run import run_predict
+from pathodet.engine.train import BEST, LAST, absolute_paths, can_resume, train
+from pathodet.eval.run import run_evaluate
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: its label in the report, its loss and extra config overrides."""
+
+    label: str
+    loss: str
+    overrides: tuple[str, ...] = ()
+
+
+METHODS: dict[str, Method] = {
+    "ce": Method("CE", "ce"),
+    "focal": Method("focal", "focal"),
+    "ghm": Method("GHM-C", "ghm"),
+    "sce": Method("SCE", "sce"),
+    "dghm": Method("DGHM-C", "dghm"),
+    "dghm_star": Method("DGHM-C*", "dghm_star"),
+    "oss": Method("OSS (all negatives)", "oss"),
+    "oss_ap": Method("OSS (AP negatives)", "oss", ("loss.soft_sampling.ap_only=true",)),
+    "score_ss": Method("score SS", "score_ss"),
+    "cleanliness": Method("cleanliness", "cleanliness"),
+}
+"""Config name -> method. Score soft sampling's first-round detector is the focal run of the
+same drop rate and seed, so ``focal`` runs before ``score_ss``."""
+
+PRIOR_METHOD = "focal"
+
+
+class LossBenchSettings(Strict):
+    """Everything the benchmark varies and fixes; defaults are the committed benchmark's."""
+
+    seeds: list[int] = Field([0, 1], min_length=1, description="training seeds")
+    drop_rates: list[float] = Field([0.0, 0.3, 0.5, 0.7], min_length=1)
+    methods: list[str] = Field(list(METHODS), min_length=1)
+    steps: int = Field(200, ge=1, description="training steps per run")
+    train_positive: int = Field(16, ge=1, description="AP training images")
+    train_negative: int = Field(16, ge=1, description="NP training images")
+    test_positive: int = Field(12, ge=1, description="AP test images (fully annotated)")
+    test_negative: int = Field(12, ge=1, description="NP test images")
+    image_size: int = Field(800, ge=256, description="image side, pixels")
+    data_seed: int = Field(0, description="seed of the synthetic data and of the dropping")
+    nms_iou: float = Field(NMS_IOU, gt=0, le=1, description="prediction NMS IoU")
+    overrides: list[str] = Field(
+        [], description="config overrides for every run (e.g. train.lr=0.001)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LossBenchSettings:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods repeat: {self.methods}")
+        if (
+            "score_ss" in self.methods
+            and PRIOR_METHOD not in self.methods[: self.methods.index("score_ss")]
+        ):
+            raise ValueError("score_ss needs the focal run (its prior) listed before it")
+        bad = [r for r in self.drop_rates if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"drop rates must be in [0, 1), got {bad}")
+        return self
+
+
+def quick_settings() -> LossBenchSettings:
+    """``--quick``: a smoke run of every stage (minutes, not meaningful numbers)."""
+    return LossBenchSettings(
+        seeds=[0], drop_rates=[0.0, 0.5], methods=["focal", "dghm", "score_ss"], steps=6,
+        train_positive=4, train_negative=4, test_positive=2, test_negative=2, image_size=512,
+    )  # fmt: skip
+
+
+def rate_name(rate: float) -> str:
+    """``0.3`` -> ``"drop-30"`` (folder name of a drop rate)."""
+    return f"drop-{round(rate * 100):02d}"
+
+
+def run_dir(out: Path, seed: int, rate: float, method: str) -> Path:
+    return out / "runs" / f"seed{seed}" / rate_name(rate) / method
+
+
+def plan(s: LossBenchSettings) -> list[tuple[int, float, str]]:
+    """``(seed, rate, method)`` of every run, seed first: a half-finished benchmark has whole
+    seeds done."""
+    return [(seed, r, m) for seed in s.seeds for r in s.drop_rates for m in s.methods]
+
+
+def _stamped(folder: Path, params: dict, make: Callable[[], object]) -> None:
+    """Run ``make`` unless ``folder`` was made from ``params`` (its ``bench.json``)."""
+    stamp = folder / "bench.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return
+    if folder.exists():
+        shutil.rmtree(folder)
+    make()
+    atomic_write_text(stamp, json.dumps(params))
+
+
+def prepare_data(out: Path, s: LossBenchSettings, log: Callable[[str], None]) -> None:
+    """The fully annotated training and test roots, and one dropped copy per rate.
+
+    Each dropped copy also gets ``folds.csv``: its images in fold 1 (training) and one AP and
+    one NP test image in fold 0, the trainer's small held-out set (so that every training
+    image is trained on and T-recall/R-recall cover all of them).
+    """
+    data = out / "data"
+    sizes = {"size": s.image_size, "seed": s.data_seed}
+    full, test = data / "full", data / "test"
+    train_params = {**sizes, "positive": s.train_positive, "negative": s.train_negative}
+    _stamped(full, train_params, lambda: write_synthetic_dataset(
+        full, s.train_positive, s.train_negative, s.image_size, s.data_seed, 1.0,
+        images_per_slide=2,
+    ))  # fmt: skip
+    test_params = {**sizes, "positive": s.test_positive, "negative": s.test_negative}
+    _stamped(test, test_params, lambda: write_synthetic_dataset(
+        test, s.test_positive, s.test_negative, s.image_size, s.data_seed + 1000, 1.0,
+        images_per_slide=1,
+    ))  # fmt: skip
+    held_out = []
+    for attribute in ("AP", "NP"):
+        held_out += [r for r in load_records(test) if r.attribute == attribute][:1]
+    for rate in s.drop_rates:
+        root = data / rate_name(rate)
+
+        def make(root: Path = root, rate: float = rate) -> None:
+            drop_annotations(full, root, rate, s.data_seed)
+            records = [replace(r, fold=1) for r in load_records(root)]
+            write_manifest(root / "folds.csv", records + [replace(r, fold=0) for r in held_out])
+
+        _stamped(root, {**train_params, "rate": rate}, make)
+    log(f"data ready in {data}")
+
+
+def bench_config(out: Path, s: LossBenchSettings, seed: int, rate: float, method: str) -> Config:
+    """The training config of one run: the demo's recipe, ``s.steps`` steps on the paper's
+    stretched 14-epoch schedule, the method's loss, then ``s.overrides``."""
+    m = METHODS[method]
+    root = out / "data" / rate_name(rate)
+    extra = [*m.overrides, "train.val_tiles=8"]
+    if method == "score_ss":
+        prior = run_dir(out, seed, rate, PRIOR_METHOD) / LAST
+        extra.append(f"loss.soft_sampling.prior_checkpoint={prior.absolute()}")
+    extra += s.overrides
+
+    def make(epochs: int, milestones: list[int]) -> Config:
+        cfg = demo_config(root, m.loss, seed, epochs, milestones, extra=extra)
+        cfg.data.folds = root / "folds.csv"
+        return cfg
+
+    cfg = config_for_steps(make, s.steps)
+    return absolute_paths(cfg)
+
+
+def predict_settings(s: LossBenchSettings) -> PredictSettings:
+    """Whole images in one window (they are smaller than 1024 px), bf16, the demo's NMS."""
+    return PredictSettings(tile=1024, overlap=128, batch_size=2, precision="bf16",
+                           nms_iou=s.nms_iou)  # fmt: skip
+
+
+TEST_KEYS = ("precision", "nfp", "nfp_score", "recall", "froc", "froc_points")
+TRAIN_KEYS = ("precision", "t_recall", "r_recall", "true_recall", "true_precision")
+
+
+def evaluate_run(out: Path, folder: Path, rate: float, s: LossBenchSettings) -> dict:
+    """Predict the test images and the training AP images with ``last.pt``; both evaluations."""
+    checkpoint = folder / LAST
+    test, train_root = out / "data" / "test", out / "data" / rate_name(rate)
+    settings = predict_settings(s)
+    pred_test, pred_train = folder / "predictions" / "test", folder / "predictions" / "train"
+    run_predict(checkpoint, [test / POS_DIR, test / NEG_DIR], pred_test, settings)
+    run_predict(checkpoint, [train_root / POS_DIR], pred_train, settings)
+    on_test = run_evaluate(test, pred_test / "predictions.csv", folder / "eval-test")
+    on_train = run_evaluate(
+        train_root, pred_train / "predictions.csv", folder / "eval-train",
+        removed=train_root / REMOVED_DIR, full=train_root / FULL_DIR,
+    )  # fmt: skip
+    return {
+        "test": {k: on_test[k] for k in TEST_KEYS},
+        "train": {k: on_train[k] for k in TRAIN_KEYS},
+        "counts": {
+            "test_boxes": on_test["num_gt"],
+            "train_kept": on_train["num_gt"],
+            "train_removed": on_train["num_removed"],
+            "train_true": on_train["num_true"],
+        },
+    }
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    for name in (LAST, BEST):
+        (folder / name).unlink(missing_ok=True)
+
+
+def run_one(
+    out: Path, s: LossBenchSettings, seed: int, rate: float, method: str, keep: bool = False
+) -> dict:
+    """Train, predict and evaluate one run unless its ``result.json`` is there and current."""
+    folder = run_dir(out, seed, rate, method)
+    cfg = bench_config(out, s, seed, rate, method)
+    config = cfg.model_dump(mode="json")
+    result_file = folder / "result.json"
+    if result_file.is_file():
+        done = json.loads(result_file.read_text())
+        if done.get("config") == config:
+            return done
+    if method == "score_ss" and not (run_dir(out, seed, rate, PRIOR_METHOD) / LAST).is_file():
+        raise FileNotFoundError(
+            f"score_ss at {rate_name(rate)} seed {seed} needs the focal run's {LAST}; it was "
+            f"removed: delete {run_dir(out, seed, rate, PRIOR_METHOD) / 'result.json'} to retrain"
+        )
+    resume = can_resume(folder, cfg)
+    if not resume and folder.exists():
+        shutil.rmtree(folder)  # an earlier run with other settings
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
+        summary = train(cfg, folder, resume=resume, progress=False, log=lambda _: None)
+    t1 = time.perf_counter()
+    metrics = evaluate_run(out, folder, rate, s)
+    result = {
+        "method": method, "label": METHODS[method].label, "rate": rate, "seed": seed,
+        "steps": summary["steps"], "train_seconds": t1 - t0,
+        "eval_seconds": time.perf_counter() - t1, "resumed": resume, **metrics,
+        "config": config,
+    }  # fmt: skip
+    atomic_write_text(result_file, json.dumps(result, indent=1))
+    if not keep:
+        pending_prior = method == PRIOR_METHOD and "score_ss" in s.methods
+        if not pending_prior:
+            _remove_checkpoints(folder)
+        if method == "score_ss":
+            _remove_checkpoints(run_dir(out, seed, rate, PRIOR_METHOD))
+    return result
+
+
+def run_losses(
+    out: Path,
+    s: LossBenchSettings,
+    log: Callable[[str], None] = print,
+    keep_checkpoints: bool = False,
+) -> list[dict]:
+    """Every run of :func:`plan`, in order; returns their results. Resumes what is done."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "settings.json", s.model_dump_json(indent=1))
+    prepare_data(out, s, log)
+    runs = plan(s)
+    results, t_start, trained = [], time.perf_counter(), 0
+    for k, (seed, rate, method) in enumerate(runs, 1):
+        t0 = time.perf_counter()
+        result = run_one(out, s, seed, rate, method, keep_checkpoints)
+        results.append(result)
+        took = time.perf_counter() - t0
+        fresh = took > 1.0  # a finished run is read back in milliseconds
+        trained += fresh
+        elapsed = time.perf_counter() - t_start
+        eta = elapsed / trained * (len(runs) - k) if trained else float("nan")
+        log(
+            f"[{k}/{len(runs)}] seed {seed} {rate_name(rate)} {method:<12} "
+            f"FROC {_fmt(result['test']['froc'])} R-recall {_fmt(result['train']['r_recall'])}"
+            f" {f'{took:.0f} s' if fresh else '(done before)'}; ETA {eta / 60:.0f} min"
+        )
+    return results
+
+
+def collect(out: Path, s: LossBenchSettings) -> list[dict]:
+    """The results of the runs of :func:`plan` that are done, in plan order."""
+    results = []
+    for seed, rate, method in plan(s):
+        f = run_dir(out, seed, rate, method) / "result.json"
+        if f.is_file():
+            results.append(json.loads(f.read_text()))
+    return results
+
+
+def report(out: Path, s: LossBenchSettings, docs: Path, command: str) -> dict:
+    """Write ``losses.md/.json/.png`` into ``docs`` from the finished runs (all or some)."""
+    from pathodet.bench.losses_report import write_report
+    from pathodet.bench.speed import git_commit
+
+    results = collect(out, s)
+    if not results:
+        raise FileNotFoundError(f"{out}: no finished run to report")
+    n_runs = len(plan(s))
+    hours = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 3600
+    header = [
+        "# Loss comparison under controlled missing labels (synthetic DigestPath)",
+        "",
+        f"- Command: `{command}`",
+        f"- Commit: `{git_commit()}`; {len(results)} of {n_runs} runs; "
+        f"{hours:.2f} h of training and evaluation on this machine (2 CPU cores).",
+        f"- Data: {s.train_positive} AP + {s.train_negative} NP training images of "
+        f"{s.image_size} px, every SRC annotated, then a share removed per drop rate "
+        f"(`pathodet data drop`, seed {s.data_seed}); held-out test set of "
+        f"{s.test_positive} AP + {s.test_negative} NP images, every SRC annotated.",
+        f"- Training: the demo recipe (`configs/demo.yaml`), {s.steps} steps per run on the "
+        f"paper's stretched 14-epoch schedule, seeds {s.seeds}"
+        + (f", overrides {s.overrides}" if s.overrides else "")
+        + "; `last.pt` evaluated.",
+        "- Columns: precision, NFP score, recall and FROC on the test set (fully annotated, "
+        "so these are true values); T-recall, R-recall, true recall and true precision on the "
+        "training AP images (kept boxes, removed boxes, every real SRC). Mean ± sample std "
+        "over seeds; every prediction at score >= 0.05 counts for recall and precision.",
+    ]
+    labels = {m: METHODS[m].label for m in METHODS}
+    return write_report(results, s.model_dump(mode="json"), Path(docs), header, labels)
+
+
+def _fmt(x: float | None) -> str:
+    return "  -  " if x is None else f"{x:.3f}"

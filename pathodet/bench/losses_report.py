@@ -1,0 +1,210 @@
+"""The loss benchmark's report: mean ± std over seeds, the paper's ordering check, the
+markdown tables (as the DGHM paper's Tables 3 and 4) and the plot of R-recall and FROC
+against the drop rate."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pathodet.data.io import atomic_write_text
+
+COLUMNS: dict[str, tuple[str, str]] = {
+    "precision": ("test", "precision"),
+    "nfp_score": ("test", "NFP score"),
+    "recall": ("test", "recall"),
+    "froc": ("test", "FROC"),
+    "t_recall": ("train", "T-recall"),
+    "r_recall": ("train", "R-recall"),
+    "true_recall": ("train", "true recall"),
+    "true_precision": ("train", "true precision"),
+}
+"""Report column -> (which evaluation it comes from, header). ``test``: the held-out, fully
+annotated test set; ``train``: the training AP images (T-recall on the kept boxes, R-recall on
+the removed ones, true values against every real SRC)."""
+
+PAPER_ORDER = ("dghm", "ghm", "ce", "focal")
+"""The DGHM paper's finding (Table 4): DGHM-C > GHM-C > CE > focal on R-recall and FROC."""
+
+Stat = tuple[float | None, float | None, int]
+"""``(mean, sample std, n)`` over the seeds that have a value; ``(None, None, 0)`` if none."""
+
+
+def mean_std(values: Sequence[float | None]) -> Stat:
+    """Mean and sample standard deviation (ddof 1; None for a single value) of the non-None
+    values."""
+    xs = np.array([v for v in values if v is not None], dtype=float)
+    if len(xs) == 0:
+        return None, None, 0
+    std = float(xs.std(ddof=1)) if len(xs) > 1 else None
+    return float(xs.mean()), std, len(xs)
+
+
+def summarize(results: Sequence[dict]) -> dict[tuple[float, str], dict[str, Stat]]:
+    """``{(rate, method): {column: (mean, std, n)}}`` over the seeds of each pair."""
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["rate"], r["method"]), []).append(r)
+    return {
+        key: {col: mean_std([r[part][col] for r in runs]) for col, (part, _) in COLUMNS.items()}
+        for key, runs in groups.items()
+    }
+
+
+def paper_ordering(
+    summary: dict[tuple[float, str], dict[str, Stat]], rates: Sequence[float], column: str
+) -> dict[float, dict]:
+    """Per drop rate: the methods of :data:`PAPER_ORDER` ranked by the mean of ``column``
+    (best first), and whether that ranking is the paper's. Rates without all four are left
+    out."""
+    out = {}
+    for rate in rates:
+        means = {m: summary.get((rate, m), {}).get(column, (None, None, 0))[0] for m in PAPER_ORDER}
+        if any(v is None for v in means.values()):
+            continue
+        ranked = sorted(PAPER_ORDER, key=lambda m: -means[m])
+        out[rate] = {"ranked": ranked, "means": means, "paper": ranked == list(PAPER_ORDER)}
+    return out
+
+
+def _cell(stat: Stat, digits: int = 3) -> str:
+    mean, std, _ = stat
+    if mean is None:
+        return "–"
+    if std is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _pct(rate: float) -> str:
+    return f"{round(rate * 100)}%"
+
+
+def tables_md(
+    summary: dict[tuple[float, str], dict[str, Stat]],
+    rates: Sequence[float],
+    methods: Sequence[str],
+    labels: dict[str, str],
+) -> list[str]:
+    """One Table-3-like table per drop rate, then the Table-4-like R-recall / FROC table."""
+    lines: list[str] = []
+    head = "| method | " + " | ".join(h for _, h in COLUMNS.values()) + " |"
+    rule = "|---" * (len(COLUMNS) + 1) + "|"
+    for rate in rates:
+        lines += [f"### Drop rate {_pct(rate)}", "", head, rule]
+        for m in methods:
+            if (rate, m) in summary:
+                cells = [_cell(summary[(rate, m)][c]) for c in COLUMNS]
+                lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### R-recall and FROC against the drop rate (as the paper's Table 4)", ""]
+    for column, name in (("r_recall", "R-recall"), ("froc", "FROC"), ("t_recall", "T-recall")):
+        lines += [f"**{name}**", "", "| method | " + " | ".join(_pct(r) for r in rates) + " |"]
+        lines.append("|---" * (len(rates) + 1) + "|")
+        for m in methods:
+            cells = [_cell(summary.get((r, m), {}).get(column, (None, None, 0))) for r in rates]
+            lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def ordering_md(summary, rates: Sequence[float], labels: dict[str, str]) -> list[str]:
+    """Whether the paper's DGHM-C > GHM-C > CE > focal holds, per metric and drop rate."""
+    lines = []
+    for column, name in (("r_recall", "R-recall"), ("froc", "FROC")):
+        for rate, o in paper_ordering(summary, [r for r in rates if r > 0], column).items():
+            ranked = " > ".join(f"{labels[m]} ({o['means'][m]:.3f})" for m in o["ranked"])
+            verdict = "the paper's order" if o["paper"] else "not the paper's order"
+            lines.append(f"- {name} at {_pct(rate)}: {ranked}: **{verdict}**.")
+    return lines
+
+
+def plot_png(
+    summary: dict[tuple[float, str], dict[str, Stat]],
+    rates: Sequence[float],
+    methods: Sequence[str],
+    labels: dict[str, str],
+    path: Path,
+) -> Path:
+    """Two panels, R-recall and FROC against the drop rate, one line per method (error bars:
+    the std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = ["-o", "-s", "-^", "-v", "-D", "--o", "--s", "--^", "--v", "--D", ":o", ":s"]
+    for ax, (column, name) in zip(axes, (("r_recall", "R-recall"), ("froc", "FROC")), strict=True):
+        for k, m in enumerate(methods):
+            xs, ys, es = [], [], []
+            for r in rates:
+                mean, std, _ = summary.get((r, m), {}).get(column, (None, None, 0))
+                if mean is not None:
+                    xs.append(100 * r)
+                    ys.append(mean)
+                    es.append(0.0 if std is None else std)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, fmt=styles[k % len(styles)], capsize=3,
+                            label=labels[m], linewidth=2.2 if m == "dghm" else 1.2)  # fmt: skip
+        ax.set_xlabel("annotation drop rate (%)")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{name} against drop rate")
+    axes[1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(
+    results: Sequence[dict],
+    settings: dict,
+    docs: Path,
+    header: Sequence[str],
+    labels: dict[str, str],
+) -> dict:
+    """``losses.md``, ``losses.json`` (every run's metrics, the summary and the settings) and
+    ``losses.png`` into ``docs``; returns the JSON document."""
+    docs.mkdir(parents=True, exist_ok=True)
+    rates = sorted({r["rate"] for r in results})
+    methods = [m for m in settings["methods"] if any(r["method"] == m for r in results)]
+    summary = summarize(results)
+    plot_png(summary, rates, methods, labels, docs / "losses.png")
+    orders = {
+        c: paper_ordering(summary, [r for r in rates if r > 0], c) for c in ("r_recall", "froc")
+    }
+    doc = {
+        "settings": settings,
+        "summary": [
+            {
+                "rate": rate,
+                "method": m,
+                **{c: dict(zip(("mean", "std", "n"), v, strict=True)) for c, v in cols.items()},
+            }
+            for (rate, m), cols in sorted(summary.items())
+        ],  # fmt: skip
+        "paper_ordering": {c: {str(r): o for r, o in v.items()} for c, v in orders.items()},
+        "runs": [{k: v for k, v in r.items() if k != "config"} for r in results],
+    }
+    atomic_write_text(docs / "losses.json", json.dumps(doc, indent=1, default=_json_default))
+    lines = [*header, "", "## Does the paper's ordering reproduce?", ""]
+    lines += ordering_md(summary, rates, labels) or ["- (needs CE, focal, GHM-C and DGHM-C)"]
+    lines += ["", "![R-recall and FROC against drop rate](losses.png)", "", "## Tables", ""]
+    lines += tables_md(summary, rates, methods, labels)
+    atomic_write_text(docs / "losses.md", "\n".join(lines) + "\n")
+    return doc
+
+
+def _json_default(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    raise TypeError(f"not JSON serializable: {type(x)}")
