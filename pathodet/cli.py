@@ -291,7 +291,6 @@ def bench_losses(
     """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4), on
     synthetic data; resumable: rerun the same command to continue."""
     import shlex
-    import sys
 
     from pathodet.bench.losses import LossBenchSettings, quick_settings, report, run_losses
 
@@ -314,14 +313,42 @@ def bench_losses(
         settings = LossBenchSettings(**{**base.model_dump(), **changes})
     except ValueError as exc:
         fail(str(exc))
+    given = [("--out", out if out != Path("bench-output/losses") else None), ("--docs", docs),
+             ("--seeds", seeds), ("--rates", rates), ("--methods", methods), ("--steps", steps),
+             *[("--set", o) for o in overrides or []]]  # fmt: skip
+    command = " ".join(["pathodet bench losses", *(["--quick"] if quick else []),
+                        *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
     docs = docs or (out / "report" if quick else Path("docs/benchmarks"))
-    command = "pathodet " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with user_errors():
         if not report_only:
             run_losses(out, settings, log=lambda m: typer.echo(m, err=True),
                        keep_checkpoints=keep_checkpoints)  # fmt: skip
         report(out, settings, docs, command)
     typer.echo(f"report: {docs / 'losses.md'}")
+
+
+@bench_app.command("grad-share")
+def bench_grad_share(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained detector (last.pt).")],
+    kept: Annotated[Path, typer.Option(help="Training root with the kept annotations.")],
+    full: Annotated[Path, typer.Option(help="The same images, every SRC annotated.")],
+    out: Annotated[Path, typer.Option(help="Output JSON (a .md table goes beside it).")],
+    tiles: Annotated[int, typer.Option(help="AP tiles and NP tiles drawn (each).")] = 24,
+) -> None:
+    """Share of each loss's classification gradient on annotated SRCs, missed SRCs, other AP
+    negatives and NP negatives, on one detector's logits."""
+    import json
+
+    from pathodet.bench.grad_share import gradient_shares, shares_md
+    from pathodet.bench.losses import METHODS
+    from pathodet.data.io import atomic_write_text
+
+    with user_errors():
+        result = gradient_shares(checkpoint, kept, full, n_ap=tiles, n_np=tiles)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    md = "\n".join(shares_md(result, {m: v.label for m, v in METHODS.items()})) + "\n"
+    atomic_write_text(out.with_suffix(".md"), md)
+    typer.echo(md)
 
 
 @bench_app.command("slide")

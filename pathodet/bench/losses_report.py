@@ -59,15 +59,20 @@ def paper_ordering(
     summary: dict[tuple[float, str], dict[str, Stat]], rates: Sequence[float], column: str
 ) -> dict[float, dict]:
     """Per drop rate: the methods of :data:`PAPER_ORDER` ranked by the mean of ``column``
-    (best first), and whether that ranking is the paper's. Rates without all four are left
-    out."""
+    (best first), and whether each is strictly better than the next in the paper's order.
+    Rates without all four are left out."""
     out = {}
     for rate in rates:
         means = {m: summary.get((rate, m), {}).get(column, (None, None, 0))[0] for m in PAPER_ORDER}
         if any(v is None for v in means.values()):
             continue
         ranked = sorted(PAPER_ORDER, key=lambda m: -means[m])
-        out[rate] = {"ranked": ranked, "means": means, "paper": ranked == list(PAPER_ORDER)}
+        # strictly better at each step: a tie (e.g. two methods that learned nothing, both
+        # at 0.000) does not count as the paper's order
+        strict = all(
+            means[a] > means[b] for a, b in zip(PAPER_ORDER, PAPER_ORDER[1:], strict=False)
+        )
+        out[rate] = {"ranked": ranked, "means": means, "paper": strict}
     return out
 
 
@@ -117,7 +122,10 @@ def ordering_md(summary, rates: Sequence[float], labels: dict[str, str]) -> list
     lines = []
     for column, name in (("r_recall", "R-recall"), ("froc", "FROC")):
         for rate, o in paper_ordering(summary, [r for r in rates if r > 0], column).items():
-            ranked = " > ".join(f"{labels[m]} ({o['means'][m]:.3f})" for m in o["ranked"])
+            ranked = labels[o["ranked"][0]] + f" ({o['means'][o['ranked'][0]]:.3f})"
+            for a, b in zip(o["ranked"], o["ranked"][1:], strict=False):
+                sign = "=" if o["means"][a] == o["means"][b] else ">"
+                ranked += f" {sign} {labels[b]} ({o['means'][b]:.3f})"
             verdict = "the paper's order" if o["paper"] else "not the paper's order"
             lines.append(f"- {name} at {_pct(rate)}: {ranked}: **{verdict}**.")
     return lines
