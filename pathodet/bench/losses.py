@@ -39,6 +39,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from pathodet.bench.speed import git_commit
 from pathodet.config import Config
 from pathodet.data.config import Strict
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
@@ -273,7 +274,8 @@ def run_one(
     result = {
         "method": method, "label": METHODS[method].label, "rate": rate, "seed": seed,
         "steps": summary["steps"], "train_seconds": t1 - t0,
-        "eval_seconds": time.perf_counter() - t1, "resumed": resume, **metrics,
+        "eval_seconds": time.perf_counter() - t1, "resumed": resume, "commit": git_commit(),
+        **metrics,
         "config": config,
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
@@ -329,18 +331,20 @@ def collect(out: Path, s: LossBenchSettings) -> list[dict]:
 def report(out: Path, s: LossBenchSettings, docs: Path, command: str) -> dict:
     """Write ``losses.md/.json/.png`` into ``docs`` from the finished runs (all or some)."""
     from pathodet.bench.losses_report import write_report
-    from pathodet.bench.speed import git_commit
 
     results = collect(out, s)
     if not results:
         raise FileNotFoundError(f"{out}: no finished run to report")
     n_runs = len(plan(s))
+    made = ", ".join(f"`{c}`" for c in sorted({r.get("commit", "") for r in results} - {""}))
+    made = made or "not recorded (see docs/benchmarks/losses-findings.md)"
     hours = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 3600
     header = [
         "# Loss comparison under controlled missing labels (synthetic DigestPath)",
         "",
         f"- Command: `{command}`",
-        f"- Commit: `{git_commit()}`; {len(results)} of {n_runs} runs; "
+        f"- Runs made at commit(s) {made}; report written at `{git_commit()}`; "
+        f"{len(results)} of {n_runs} runs; "
         f"{hours:.2f} h of training and evaluation on this machine (2 CPU cores).",
         f"- Data: {s.train_positive} AP + {s.train_negative} NP training images of "
         f"{s.image_size} px, every SRC annotated, then a share removed per drop rate "

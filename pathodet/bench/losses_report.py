@@ -145,7 +145,7 @@ def plot_png(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
     styles = ["-o", "-s", "-^", "-v", "-D", "--o", "--s", "--^", "--v", "--D", ":o", ":s"]
     for ax, (column, name) in zip(axes, (("r_recall", "R-recall"), ("froc", "FROC")), strict=True):
         for k, m in enumerate(methods):
@@ -160,12 +160,14 @@ def plot_png(
                 ax.errorbar(xs, ys, yerr=es, fmt=styles[k % len(styles)], capsize=3,
                             label=labels[m], linewidth=2.2 if m == "dghm" else 1.2)  # fmt: skip
         ax.set_xlabel("annotation drop rate (%)")
+        ax.set_xticks([100 * r for r in rates])
         ax.set_ylabel(name)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.set_title(f"{name} against drop rate")
-    axes[1].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    handles, names = axes[1].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
