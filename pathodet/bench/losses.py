@@ -354,6 +354,8 @@ def report(out: Path, s: LossBenchSettings, docs: Path, command: str) -> dict:
         f"paper's stretched 14-epoch schedule, seeds {s.seeds}"
         + (f", overrides {s.overrides}" if s.overrides else "")
         + "; `last.pt` evaluated.",
+        "- What the numbers mean, and the investigation of why the paper's ordering does "
+        "not reproduce at this budget: [losses-findings.md](losses-findings.md).",
         "- Columns: precision, NFP score, recall and FROC on the test set (fully annotated, "
         "so these are true values); T-recall, R-recall, true recall and true precision on the "
         "training AP images (kept boxes, removed boxes, every real SRC). Mean ± sample std "
