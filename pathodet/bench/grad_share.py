@@ -47,6 +47,19 @@ def _tiles(kept_root: Path, full_root: Path, tile: int, stride: int, min_visible
     return TileDataset(samples, tile, stride, min_visible), truth
 
 
+def _padded(items: list[dict]) -> list[dict]:
+    """Tiles of images smaller than the tile differ in size: pad them (bottom and right,
+    white like slide background) to the largest of the batch; boxes are unchanged."""
+    h = max(it["image"].shape[0] for it in items)
+    w = max(it["image"].shape[1] for it in items)
+    out = []
+    for it in items:
+        img = it["image"]
+        pad = ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0))
+        out.append({**it, "image": np.pad(img, pad, constant_values=255)})
+    return out
+
+
 def gradient_shares(
     checkpoint: Path,
     kept_root: Path,
@@ -83,7 +96,7 @@ def gradient_shares(
     n_anchors = dict.fromkeys(GROUPS, 0)
     assign = cfg.model.assign
     for start in range(0, len(order), batch):
-        items = [tiles[i] for i in order[start : start + batch]]
+        items = _padded([tiles[i] for i in order[start : start + batch]])
         images, boxes, ap_image = collate(items)
         with torch.no_grad():
             out = model(images)
