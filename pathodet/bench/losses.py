@@ -41,12 +41,11 @@ from pydantic import Field, model_validator
 
 from pathodet.bench.speed import git_commit
 from pathodet.config import Config
-from pathodet.data.config import Strict
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
-from pathodet.demo.settings import NMS_IOU, config_for_steps, demo_config
+from pathodet.demo.settings import NMS_IOU, SplitSizes, config_for_steps, demo_config
 from pathodet.engine.predict import PredictSettings
 from pathodet.engine.predict_run import run_predict
 from pathodet.engine.train import BEST, LAST, absolute_paths, can_resume, train
@@ -80,17 +79,13 @@ same drop rate and seed, so ``focal`` runs before ``score_ss``."""
 PRIOR_METHOD = "focal"
 
 
-class LossBenchSettings(Strict):
+class LossBenchSettings(SplitSizes):
     """Everything the benchmark varies and fixes; defaults are the committed benchmark's."""
 
     seeds: list[int] = Field([0, 1], min_length=1, description="training seeds")
     drop_rates: list[float] = Field([0.0, 0.3, 0.5, 0.7], min_length=1)
     methods: list[str] = Field(list(METHODS), min_length=1)
     steps: int = Field(200, ge=1, description="training steps per run")
-    train_positive: int = Field(16, ge=1, description="AP training images")
-    train_negative: int = Field(16, ge=1, description="NP training images")
-    test_positive: int = Field(12, ge=1, description="AP test images (fully annotated)")
-    test_negative: int = Field(12, ge=1, description="NP test images")
     image_size: int = Field(800, ge=256, description="image side, pixels")
     data_seed: int = Field(0, description="seed of the synthetic data and of the dropping")
     nms_iou: float = Field(NMS_IOU, gt=0, le=1, description="prediction NMS IoU")

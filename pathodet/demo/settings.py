@@ -39,7 +39,17 @@ LOSSES = {"dghm": "DGHM-C", "focal": "focal"}
 """The two trained models: config loss name -> label in the report."""
 
 
-class DemoSettings(Strict):
+class SplitSizes(Strict):
+    """Image counts of a synthetic training root and its fully annotated test root (the
+    demo's and the loss benchmark's)."""
+
+    train_positive: int = Field(16, ge=1, description="AP training images")
+    train_negative: int = Field(16, ge=1, description="NP training images")
+    test_positive: int = Field(12, ge=1, description="AP test images (fully annotated)")
+    test_negative: int = Field(12, ge=1, description="NP test images")
+
+
+class DemoSettings(SplitSizes):
     """Everything the demo does; every field has the ``make demo`` default."""
 
     seed: int = 0
@@ -47,10 +57,6 @@ class DemoSettings(Strict):
     steps: int | None = Field(
         None, ge=1, description="training steps per model; None: from budget_minutes"
     )
-    train_positive: int = Field(16, ge=1, description="AP training images")
-    train_negative: int = Field(16, ge=1, description="NP training images")
-    test_positive: int = Field(12, ge=1, description="AP test images (fully annotated)")
-    test_negative: int = Field(12, ge=1, description="NP test images")
     image_size: int = Field(1000, ge=256, description="image side, pixels")
     folds: int = Field(8, ge=2, description="slide-grouped folds; one validates (best.pt)")
     annotate_rate: float = Field(0.5, gt=0, le=1, description="share of SRCs annotated (train)")
