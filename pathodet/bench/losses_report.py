@@ -5,7 +5,6 @@ against the drop rate."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -205,16 +204,10 @@ def write_report(
         "paper_ordering": {c: {str(r): o for r, o in v.items()} for c, v in orders.items()},
         "runs": [{k: v for k, v in r.items() if k != "config"} for r in results],
     }
-    atomic_write_text(docs / "losses.json", json.dumps(doc, indent=1, default=_json_default))
+    atomic_write_text(docs / "losses.json", json.dumps(doc, indent=1))
     lines = [*header, "", "## Does the paper's ordering reproduce?", ""]
     lines += ordering_md(summary, rates, labels) or ["- (needs CE, focal, GHM-C and DGHM-C)"]
     lines += ["", "![R-recall and FROC against drop rate](losses.png)", "", "## Tables", ""]
     lines += tables_md(summary, rates, methods, labels)
     atomic_write_text(docs / "losses.md", "\n".join(lines) + "\n")
     return doc
-
-
-def _json_default(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    raise TypeError(f"not JSON serializable: {type(x)}")
