@@ -35,7 +35,8 @@ def train_cmd(
     from pathodet.config import parse_overrides
     from pathodet.engine.checkpoint import CheckpointError
     from pathodet.engine.dist import env_dist_info
-    from pathodet.engine.train import CONFIG_FILE, RunExists, TrainingDiverged, train
+    from pathodet.engine.run_dir import CONFIG_FILE
+    from pathodet.engine.train import RunExists, TrainingDiverged, train
     from pathodet.eval.validation import tile_metrics
 
     with user_errors():

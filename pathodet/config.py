@@ -104,3 +104,16 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_format_errors(f"{source} with --set overrides", exc)) from None
+
+
+def same_config(saved: Any, cfg: Config) -> bool:
+    """True when ``saved`` (a config as dumped to JSON/YAML by an earlier run) is ``cfg``.
+
+    Compared as validated models, not as dicts: a key added to pathodet since the run was
+    saved takes its default, so a finished run still counts as current when the new key
+    does not change what it did; a removed or renamed key makes it stale.
+    """
+    try:
+        return Config.model_validate(saved) == cfg
+    except ValidationError:
+        return False

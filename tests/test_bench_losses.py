@@ -27,6 +27,7 @@ from pathodet.bench.losses_report import (
     write_report,
 )
 from pathodet.cli import app
+from pathodet.config import load_config
 from pathodet.data.digestpath import FULL_DIR, load_records
 from pathodet.data.drop import REMOVED_DIR
 from pathodet.data.voc import read_voc
@@ -61,12 +62,30 @@ def test_settings_refuse_unknown_methods_bad_rates_and_score_ss_before_its_prior
 
 def test_default_covers_the_issue_floor():
     s = LossBenchSettings()
-    assert set(s.methods) == set(METHODS) and len(METHODS) == 10
+    assert set(s.methods) == set(METHODS) and len(METHODS) == 15
     assert s.drop_rates == [0.0, 0.3, 0.5, 0.7] and len(s.seeds) >= 2
     runs = plan(s)
-    assert len(runs) == len(s.seeds) * 4 * 10
+    assert len(runs) == len(s.seeds) * 4 * 15
     # seed-major: the first half of the plan is every run of the first seed
     assert {seed for seed, _, _ in runs[: len(runs) // 2]} == {s.seeds[0]}
+
+
+def test_comining_methods_configure_the_bases_and_attribute_awareness():
+    want = {  # method: (loss, attribute-aware, co-generation on)
+        "comining": ("focal", True, True), "comining_orig": ("focal", False, True),
+        "comining_dghm": ("dghm", True, True), "comining_dghm_orig": ("dghm", False, True),
+        "joint_dghm": ("dghm", True, False),
+    }  # fmt: skip
+    for method, (loss, aware, mine) in want.items():
+        m = METHODS[method]
+        cfg = load_config(None, [f"loss.name={m.loss}", *m.overrides])
+        co = cfg.train.comining
+        assert (cfg.loss.name, co.enabled, co.attribute_aware, co.mine) == (loss, True, aware, mine)
+    enabled = {
+        m for m, x in METHODS.items()
+        if load_config(None, [f"loss.name={x.loss}", *x.overrides]).train.comining.enabled
+    }  # fmt: skip
+    assert enabled == set(want)
 
 
 def test_rate_names():

@@ -40,16 +40,21 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from pathodet.bench.speed import git_commit
-from pathodet.config import Config
+from pathodet.config import Config, same_config
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.demo.settings import NMS_IOU, SplitSizes, config_for_steps, demo_config
+from pathodet.engine.logs import read_metrics
 from pathodet.engine.predict import PredictSettings
 from pathodet.engine.predict_run import run_predict
-from pathodet.engine.train import BEST, LAST, absolute_paths, can_resume, train
+from pathodet.engine.run_dir import BEST, LAST, absolute_paths, can_resume
+from pathodet.engine.train import train
 from pathodet.eval.run import run_evaluate
+
+COMINING = "train.comining.enabled=true"
+ORIGINAL = "train.comining.attribute_aware=false"
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,16 @@ METHODS: dict[str, Method] = {
     "oss_ap": Method("OSS (AP negatives)", "oss", ("loss.soft_sampling.ap_only=true",)),
     "score_ss": Method("score SS", "score_ss"),
     "cleanliness": Method("cleanliness", "cleanliness"),
+    "comining": Method("co-mining (focal)", "focal", (COMINING,)),
+    "comining_orig": Method("co-mining (focal, original)", "focal", (COMINING, ORIGINAL)),
+    "comining_dghm": Method("co-mining (DGHM-C)", "dghm", (COMINING,)),
+    "comining_dghm_orig": Method("co-mining (DGHM-C, original)", "dghm", (COMINING, ORIGINAL)),
+    "joint_dghm": Method("Joint (DGHM-C)", "dghm", (COMINING, "train.comining.mine=false")),
 }
 """Config name -> method. Score soft sampling's first-round detector is the focal run of the
-same drop rate and seed, so ``focal`` runs before ``score_ss``."""
+same drop rate and seed, so ``focal`` runs before ``score_ss``. Co-mining runs with
+attribute-aware mining (nothing mined in NP tiles) and as the paper's original (mining
+everywhere); 'Joint' is the paper's control: the two views without co-generation."""
 
 PRIOR_METHOD = "focal"
 
@@ -235,6 +247,16 @@ def evaluate_run(out: Path, folder: Path, rate: float, s: LossBenchSettings) -> 
     }
 
 
+def run_mining(folder: Path) -> dict[str, float] | None:
+    """A co-mining run's counts summed over its epochs (``metrics.csv`` rows of split
+    ``mining``: mined, mined_real, missed, missed_found); None for other methods."""
+    mining: dict[str, float] = {}
+    for row in read_metrics(folder):
+        if row["split"] == "mining":
+            mining[row["name"]] = mining.get(row["name"], 0.0) + row["value"]
+    return mining or None
+
+
 def _remove_checkpoints(folder: Path) -> None:
     for name in (LAST, BEST):
         (folder / name).unlink(missing_ok=True)
@@ -250,7 +272,7 @@ def run_one(
     result_file = folder / "result.json"
     if result_file.is_file():
         done = json.loads(result_file.read_text())
-        if done.get("config") == config:
+        if same_config(done.get("config"), cfg):
             return done
     if method == "score_ss" and not (run_dir(out, seed, rate, PRIOR_METHOD) / LAST).is_file():
         raise FileNotFoundError(
@@ -271,6 +293,7 @@ def run_one(
         "steps": summary["steps"], "train_seconds": t1 - t0,
         "eval_seconds": time.perf_counter() - t1, "resumed": resume, "commit": git_commit(),
         **metrics,
+        "mining": run_mining(folder),
         "config": config,
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
@@ -319,7 +342,10 @@ def collect(out: Path, s: LossBenchSettings) -> list[dict]:
     for seed, rate, method in plan(s):
         f = run_dir(out, seed, rate, method) / "result.json"
         if f.is_file():
-            results.append(json.loads(f.read_text()))
+            result = json.loads(f.read_text())
+            if "mining" not in result:  # results written before co-mining was benchmarked
+                result["mining"] = run_mining(f.parent)
+            results.append(result)
     return results
 
 

@@ -6,6 +6,14 @@ pixels; a box cut by the crop is clipped to it, or dropped when less than ``min_
 of its area stays inside. Optional HED stain jitter (Tellez et al. 2018) perturbs the
 hematoxylin, eosin and DAB optical densities of each tile independently.
 
+A tile may carry ``truth_boxes`` (every real SRC, synthetic data only): they follow the
+same crop, flips and rotation as the annotated boxes, so that what co-mining mines can be
+checked against the truth.
+
+:class:`ColourView` makes co-mining's second view: photometric changes only (colour
+jitter, optional Gaussian blur and HED stain jitter), so the two views stay pixel-aligned
+and a box mined in one is a box in the other.
+
 Every random choice comes from the seed passed with the tile, so a tile and seed give the
 same result in any worker process, in any order: that is what makes training
 deterministic and resumable.
@@ -98,11 +106,17 @@ class TileAugment:
         seed = int(seed) % (2**32)
         seeds = np.random.SeedSequence([seed, 0]).generate_state(len(self.stages))
         h, w = item["image"].shape[:2]
-        boxes = np.asarray(item["boxes"], np.float32).reshape(-1, 4).copy()
+        boxes = np.asarray(item["boxes"], np.float32).reshape(-1, 4)
+        index = np.asarray(item["box_index"], np.int64).reshape(-1)
+        truth = item.get("truth_boxes")
+        if truth is not None:  # carried along with negative indices -1, -2, ...
+            truth = np.asarray(truth, np.float32).reshape(-1, 4)
+            boxes = np.concatenate([boxes, truth])
+            index = np.concatenate([index, -1 - np.arange(len(truth), dtype=np.int64)])
+        boxes = boxes.copy()
         # albumentations wants boxes inside the image; tiles already clip theirs
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        index = np.asarray(item["box_index"], np.int64).reshape(-1)
         res = {"image": item["image"], "bboxes": boxes, "box_index": index}
         for stage, stage_seed in zip(self.stages, seeds, strict=True):
             stage.set_random_seed(int(stage_seed))
@@ -113,6 +127,58 @@ class TileAugment:
             image = hed_jitter(image, self.cfg.hed_jitter, rng)
         out = dict(item)
         out["image"] = np.ascontiguousarray(image)
-        out["boxes"] = np.asarray(res["bboxes"], np.float32).reshape(-1, 4)
-        out["box_index"] = np.asarray(res["box_index"], np.int64).reshape(-1)
+        boxes = np.asarray(res["bboxes"], np.float32).reshape(-1, 4)
+        index = np.asarray(res["box_index"], np.int64).reshape(-1)
+        annotated = index >= 0
+        out["boxes"], out["box_index"] = boxes[annotated], index[annotated]
+        if truth is not None:
+            out["truth_boxes"] = boxes[~annotated]
         return out
+
+
+class ColourViewConfig(Strict):
+    """Co-mining's second view (``train.comining.view``): photometric only, pixel-aligned.
+
+    The co-mining paper's Table 4 found colour jitter better than blur or no augmentation.
+    Jitter factors are drawn uniformly in ``[1 - x, 1 + x]`` (hue: a shift in ``[-x, x]``
+    of the colour circle).
+    """
+
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+    saturation: float = Field(0.2, ge=0, le=1)
+    hue: float = Field(0.04, ge=0, le=0.5)
+    blur_sigma: float = Field(
+        0.0, ge=0, le=10, description="Gaussian blur sigma drawn in [0.1, this], pixels (0 = off)"
+    )
+    hed_jitter: float = Field(
+        0.0, ge=0, le=0.5, description="HED stain jitter sigma on top (0 = off; 0.03-0.05)"
+    )
+
+
+class ColourView:
+    """Callable ``(image, seed) -> image``: ``(h, w, 3)`` uint8 in, same shape out."""
+
+    def __init__(self, cfg: ColourViewConfig) -> None:
+        self.cfg = cfg
+        ops: list = [
+            A.ColorJitter(
+                brightness=(1 - cfg.brightness, 1 + cfg.brightness),
+                contrast=(1 - cfg.contrast, 1 + cfg.contrast),
+                saturation=(1 - cfg.saturation, 1 + cfg.saturation),
+                hue=(-cfg.hue, cfg.hue), p=1.0,
+            )
+        ]  # fmt: skip
+        if cfg.blur_sigma > 0:
+            ops.append(A.GaussianBlur(sigma_limit=(0.1, max(cfg.blur_sigma, 0.1)), p=1.0))
+        self.stages = [A.Compose([op], seed=0) for op in ops]
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        seed = int(seed) % (2**32)
+        seeds = np.random.SeedSequence([seed, 2]).generate_state(len(self.stages))
+        for stage, stage_seed in zip(self.stages, seeds, strict=True):
+            stage.set_random_seed(int(stage_seed))
+            image = stage(image=image)["image"]
+        if self.cfg.hed_jitter > 0:
+            image = hed_jitter(image, self.cfg.hed_jitter, np.random.default_rng([seed, 3]))
+        return np.ascontiguousarray(image)

@@ -44,7 +44,8 @@ from pathodet.engine.checkpoint import load_detector
 from pathodet.engine.dist import DistInfo, pick_device
 from pathodet.engine.predict import PredictSettings, retinanet_detector
 from pathodet.engine.predict_run import checkpoint_fingerprint, run_predict
-from pathodet.engine.train import LAST, can_resume, train
+from pathodet.engine.run_dir import LAST, can_resume
+from pathodet.engine.train import train
 from pathodet.eval.matching import greedy_match
 from pathodet.eval.metrics import curve
 from pathodet.eval.report import froc_png

@@ -10,8 +10,40 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pathodet.data.augment import AugmentConfig
+from pathodet.data.augment import AugmentConfig, ColourViewConfig
 from pathodet.data.config import Strict
+
+
+class CominingConfig(Strict):
+    """Co-mining (the ``train.comining`` section; co-mining paper, Algorithm 1).
+
+    One detector (shared weights) sees every training tile twice: as is (view ``o``) and
+    colour-changed (view ``a``). Each view's detached predictions go through co-generation
+    (score >= ``tau``, NMS at ``theta1``, drop boxes with IoU > ``theta2`` with an
+    annotated box); what survives from one view joins the annotations that supervise the
+    other (eq. 1), and the loss is the sum of both views' losses (eq. 2).
+
+    How mined positives enter DGHM-C is ``loss.dghm.mined_group``.
+    """
+
+    enabled: bool = False
+    tau: float = Field(0.6, ge=0, le=1, description="score threshold of co-generation")
+    theta1: float = Field(0.5, gt=0, le=1, description="NMS IoU of co-generation")
+    theta2: float = Field(
+        0.5, ge=0, le=1, description="drop a mined box with IoU > theta2 with an annotated box"
+    )
+    attribute_aware: bool = Field(
+        True,
+        description="mine in AP tiles only: NP tiles hold no SRC, their labels are clean "
+        "(False = the paper's original, which mines everywhere)",
+    )
+    mine: bool = Field(
+        True, description="False: two views, no co-generation (the paper's 'Joint' baseline)"
+    )
+    max_candidates: int = Field(
+        1000, ge=1, description="highest-scoring anchors per tile kept for NMS (a cost bound)"
+    )
+    view: ColourViewConfig = ColourViewConfig()
 
 
 class TrainConfig(Strict):
@@ -25,6 +57,7 @@ class TrainConfig(Strict):
         description="AP tiles to sample: those holding an annotated box, or every AP tile",
     )
     augment: AugmentConfig = AugmentConfig()
+    comining: CominingConfig = CominingConfig()
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     milestones: list[int] = Field([9, 12], description="epochs at which lr is multiplied")

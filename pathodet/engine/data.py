@@ -3,6 +3,9 @@
 Records come from ``data.folds`` (a manifest with a fold column) or ``data.root``; records
 without a fold are split on the fly into slide-grouped folds. Fold ``data.held_out_fold``
 validates, the others train. Unreadable images are reported and left out, never fatal.
+
+With co-mining on, the tiles also get their colour view and, where the dataset has
+``full-annotations/`` (synthetic data), every true SRC box, so mining can be scored.
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pathodet.data.augment import TileAugment
+from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.config import DataConfig
-from pathodet.data.digestpath import DatasetError, Problem, load_records
+from pathodet.data.digestpath import FULL_DIR, DatasetError, Problem, load_records
 from pathodet.data.folds import assign_folds, split
-from pathodet.data.samples import load_samples
-from pathodet.data.tiling import TileDataset
+from pathodet.data.samples import Sample, load_sample, load_samples
+from pathodet.data.tiling import TileDataset, boxes_in_window
 from pathodet.engine.config import TrainConfig
 
 
@@ -26,7 +29,9 @@ from pathodet.engine.config import TrainConfig
 class TrainingData:
     """Tiles of the training folds and of the held-out fold, with what was left out.
 
-    ``ap`` / ``np`` index the training tiles the batch sampler draws from.
+    ``ap`` / ``np`` index the training tiles the batch sampler draws from. ``truth``:
+    image name -> ``(T, 4)`` every true SRC box (image pixels) of the training images, on
+    synthetic data with co-mining on; None otherwise.
     """
 
     train: TileDataset
@@ -34,6 +39,7 @@ class TrainingData:
     ap: list[int]
     np: list[int]
     problems: list[Problem]
+    truth: dict[str, np.ndarray] | None = None
 
 
 def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
@@ -69,21 +75,61 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
         raise DatasetError(
             f"{source}: no AP training tile holds an annotated box; nothing to learn from"
         )
-    return TrainingData(tiles, val, ap, np_, problems + val_problems)
+    truth = full_truth(train_samples) if train.comining.enabled else None
+    return TrainingData(tiles, val, ap, np_, problems + val_problems, truth)
+
+
+def full_truth(samples: list[Sample]) -> dict[str, np.ndarray] | None:
+    """Every true SRC box per image from ``<root>/full-annotations/<stem>.xml`` (the
+    synthetic layout: the image's folder's parent is the root); NP images have none.
+
+    Returns:
+        image name -> ``(T, 4)`` float32 boxes, or None when no AP image has the file (real
+        data: the truth is unknown).
+    """
+    truth: dict[str, np.ndarray] = {}
+    found = False
+    for s in samples:
+        boxes = np.zeros((0, 4), np.float32)
+        if s.attribute == "AP":
+            xml = s.record.image.parent.parent / FULL_DIR / f"{s.record.image.stem}.xml"
+            if xml.is_file():
+                found = True
+                boxes = load_sample(s.record, verify_image=False, annotation=xml).boxes
+        truth[s.record.name] = boxes
+    return truth if found else None
 
 
 class AugmentedTiles(torch.utils.data.Dataset):
-    """``dataset[(index, seed)]``: tile ``index`` augmented with ``seed`` (see the sampler)."""
+    """``dataset[(index, seed)]``: tile ``index`` augmented with ``seed`` (see the sampler).
 
-    def __init__(self, tiles: TileDataset, augment: TileAugment) -> None:
-        self.tiles, self.augment = tiles, augment
+    With ``view``, the item also has ``image_a``: the augmented tile's colour view. With
+    ``truth`` (image name -> true boxes), ``truth_boxes``: the true SRCs in the augmented
+    tile, transformed as the annotated boxes are.
+    """
+
+    def __init__(
+        self,
+        tiles: TileDataset,
+        augment: TileAugment,
+        view: ColourView | None = None,
+        truth: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.tiles, self.augment, self.view, self.truth = tiles, augment, view, truth
 
     def __len__(self) -> int:
         return len(self.tiles)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        return self.augment(self.tiles[index], seed)
+        item = self.tiles[index]
+        if self.truth is not None:
+            boxes = self.truth[item["name"]]
+            item["truth_boxes"] = boxes_in_window(boxes, item["window"], self.tiles.min_visible)[0]
+        item = self.augment(item, seed)
+        if self.view is not None:
+            item["image_a"] = self.view(item["image"], seed)
+        return item
 
 
 def validation_batches(

@@ -15,6 +15,8 @@ from pathlib import Path
 from pathodet.data.io import atomic_write_text
 
 HEADER = ["step", "epoch", "split", "name", "value"]
+EPOCH_END_SPLITS = ("val", "mining")
+"""Rows logged once at the end of an epoch (validation, co-mining counts)."""
 
 
 class MetricsLog:
@@ -28,7 +30,7 @@ class MetricsLog:
         redo_val: bool = False,
     ):
         """Open the log; ``resume_step`` drops rows after it (and, with ``redo_val``, the
-        validation rows at it, which the resumed run logs again)."""
+        epoch-end rows at it, which the resumed run logs again)."""
         self.path = Path(run_dir) / "metrics.csv"
         if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step, redo_val)
@@ -50,7 +52,7 @@ class MetricsLog:
         kept = [
             r for r in rows[1:]
             if len(r) == len(HEADER) and (int(r[0]) < step or (int(r[0]) == step and not (
-                redo_val and r[2] == "val")))
+                redo_val and r[2] in EPOCH_END_SPLITS)))
         ]  # fmt: skip
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([HEADER, *kept])

@@ -77,11 +77,21 @@ def loss_and_gradients(
     losses = detection_loss(
         outputs, boxes, ap, loss_cfg, assign_cfg, prior_scores, reduce, ghm_acc_sum
     )
+    return losses, backward(losses["loss"], optimizer, world_size, grad_clip)
+
+
+def backward(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    world_size: int = 1,
+    grad_clip: float | None = None,
+) -> float:
+    """Fresh gradients of ``loss * world_size`` (see :func:`loss_and_gradients`); returns
+    their total norm, clipped to ``grad_clip`` when given."""
     optimizer.zero_grad(set_to_none=True)
-    (losses["loss"] * world_size).backward()
+    (loss * world_size).backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
-    return losses, grad_norm
+    return float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
 
 
 def train_step(

@@ -27,15 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from pathodet.config import Config
-from pathodet.data.augment import TileAugment
-from pathodet.data.io import atomic_write_text
+from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
+from pathodet.engine.comining import (
+    MINING_KEYS,
+    collate_views,
+    comining_losses,
+    mining_counts,
+    mining_summary,
+)
 from pathodet.engine.data import AugmentedTiles, TrainingData, training_data, validation_batches
 from pathodet.engine.dist import (
     DistInfo,
@@ -48,13 +53,11 @@ from pathodet.engine.dist import (
 from pathodet.engine.logs import MetricsLog
 from pathodet.engine.prior import PriorScorer, median_box_score
 from pathodet.engine.progress import TrainProgress
-from pathodet.engine.step import autocast, collate, loss_and_gradients
+from pathodet.engine.run_dir import BEST, LAST, absolute_paths, save_run_config
+from pathodet.engine.step import autocast, backward, collate, loss_and_gradients
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import build_retinanet
 from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
-
-CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
-
 
 ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
 OnStep = Callable[[int, int, float], None]
@@ -72,34 +75,6 @@ class TrainingDiverged(RuntimeError):
 
 class RunExists(ValueError):
     """``--out`` already holds a run and ``--resume`` was not given."""
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """A copy of ``cfg`` with every file path absolute, so a run resumes from any directory."""
-    cfg = cfg.model_copy(deep=True)
-    for section, key in (("data", "root"), ("data", "folds"), ("model", "weights")):
-        obj = getattr(cfg, section)
-        if getattr(obj, key) is not None:
-            setattr(obj, key, Path(getattr(obj, key)).absolute())
-    ss = cfg.loss.soft_sampling
-    if ss.prior_checkpoint is not None:
-        ss.prior_checkpoint = Path(ss.prior_checkpoint).absolute()
-    return cfg
-
-
-def can_resume(run_dir: Path, cfg: Config) -> bool:
-    """True when ``run_dir`` holds a ``last.pt`` of a run of exactly ``cfg`` (with
-    :func:`absolute_paths`), so that ``train(cfg, run_dir, resume=True)`` continues it."""
-    try:
-        saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return saved == absolute_paths(cfg).model_dump(mode="json") and (run_dir / LAST).is_file()
-
-
-def save_run_config(cfg: Config, run_dir: Path) -> None:
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    atomic_write_text(run_dir / CONFIG_FILE, text)
 
 
 class Trainer:
@@ -144,6 +119,7 @@ class Trainer:
         self.ghm_acc_sum = torch.zeros(g.bins, device=self.device) if g.momentum > 0 else None
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
+        self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
         if resume:
             self._restore(load_checkpoint(self.run_dir / LAST))
         self.net = self.model
@@ -164,10 +140,16 @@ class Trainer:
             self.data.ap, self.data.np, tc.batch_size, tc.ap_fraction, tc.seed,
             self.info.rank, self.info.world_size, tc.max_steps_per_epoch,
         )  # fmt: skip
+        co = tc.comining.enabled
+        tiles = AugmentedTiles(
+            self.data.train,
+            TileAugment(tc.augment),
+            ColourView(tc.comining.view) if co else None,
+            self.data.truth,
+        )
         self.loader = torch.utils.data.DataLoader(
-            AugmentedTiles(self.data.train, TileAugment(tc.augment)),
-            batch_sampler=self.sampler, collate_fn=collate, num_workers=tc.num_workers,
-            persistent_workers=tc.num_workers > 0,
+            tiles, batch_sampler=self.sampler, collate_fn=collate_views if co else collate,
+            num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
         )  # fmt: skip
         self.val_batches = validation_batches(
             self.data.val, tc.val_tiles, tc.val_batch_size, tc.seed
@@ -194,6 +176,7 @@ class Trainer:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
         self.loss_sum, self.loss_count = state.get("loss_sum", 0.0), state.get("loss_count", 0)
+        self.mining = state.get("mining", {})
 
     def state(self) -> dict:
         tc = self.cfg.train
@@ -214,6 +197,7 @@ class Trainer:
             "metrics": self.metrics,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "mining": self.mining,
         }
 
     def save(self, name: str = LAST) -> None:
@@ -238,19 +222,33 @@ class Trainer:
         return prior
 
     # -- one step ------------------------------------------------------------------------
-    def train_step(self, images, boxes, ap) -> dict[str, float]:
+    def train_step(self, images, boxes, ap, images_a=None, truth=None) -> dict[str, float]:
+        """One optimiser step; ``images_a`` (the colour view) and ``truth`` with co-mining."""
         tc = self.cfg.train
         images, ap = images.to(self.device), ap.to(self.device)
         boxes = [b.to(self.device) for b in boxes]
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr_at(self.epoch, self.step)
-        prior = self.prior(images) if self.prior is not None else None
         reduce = all_reduce_sum if self.info.distributed else None
+        counts = None
         # the gradient norm is of the global batch: DDP has already combined the ranks'
-        losses, grad_norm = loss_and_gradients(
-            self.net, self.optimizer, images, boxes, ap, self.cfg.loss, self.cfg.model.assign,
-            tc.precision, prior, reduce, self.ghm_acc_sum, self.info.world_size, tc.grad_clip,
-        )  # fmt: skip
+        if images_a is not None:
+            self.net.train()
+            losses, mined_o, mined_a = comining_losses(
+                self.net, images, images_a.to(self.device), boxes, ap, self.cfg.loss,
+                tc.comining, self.cfg.model.assign, tc.precision, self.prior, reduce,
+                self.ghm_acc_sum,
+            )  # fmt: skip
+            grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
+                                 tc.grad_clip)  # fmt: skip
+            counts = mining_counts(mined_o, mined_a, boxes, truth)
+        else:
+            prior = self.prior(images) if self.prior is not None else None
+            losses, grad_norm = loss_and_gradients(
+                self.net, self.optimizer, images, boxes, ap, self.cfg.loss,
+                self.cfg.model.assign, tc.precision, prior, reduce, self.ghm_acc_sum,
+                self.info.world_size, tc.grad_clip,
+            )  # fmt: skip
         values = torch.stack([losses[k].detach().float() for k in ("loss", "cls", "reg")])
         values = all_reduce_sum(values) if reduce else values
         if not (torch.isfinite(values).all() and math.isfinite(grad_norm)):
@@ -266,6 +264,10 @@ class Trainer:
         out["positives"] = float(all_reduce_sum(losses["positives"].float()))
         out["lr"] = tc.lr_at(self.epoch, self.step)
         out["grad_norm"] = grad_norm
+        if counts is not None:
+            keys = [k for k in MINING_KEYS if k in counts]
+            summed = torch.tensor([counts[k] for k in keys], device=self.device)
+            out.update(zip(keys, (reduce(summed) if reduce else summed).tolist(), strict=True))
         return out
 
     @torch.no_grad()
@@ -330,10 +332,13 @@ class Trainer:
         self.sampler.start_at(self.epoch, self.batch)
         bar.start_epoch(self.epoch, self.batch)
         t0, tiles = time.perf_counter(), 0
-        for images, boxes, ap in self.loader:
-            values = self.train_step(images, boxes, ap)
+        for batch in self.loader:
+            values = self.train_step(*batch)
             self.step, self.batch = self.step + 1, self.batch + 1
             self.loss_sum, self.loss_count = self.loss_sum + values["loss"], self.loss_count + 1
+            for k in MINING_KEYS:
+                if k in values:
+                    self.mining[k] = self.mining.get(k, 0.0) + values[k]
             tiles += tc.batch_size
             rate = tiles / max(time.perf_counter() - t0, 1e-9)
             bar.advance(values["loss"], rate)
@@ -358,9 +363,14 @@ class Trainer:
                 self.best is None or self.best["metric"] != key
                 or sign * v < sign * self.best["value"]
             )  # fmt: skip
+        mining, self.mining = self.mining, {}
         self.epoch, self.batch = self.epoch + 1, 0
         self.loss_sum, self.loss_count = 0.0, 0
         if self.info.is_main:
+            if mining:
+                self.logs.log(self.step, self.epoch - 1, "mining", mining)
+                self.log_line(f"epoch {self.epoch}/{tc.epochs} co-mining: "
+                              f"{mining_summary(mining)}")  # fmt: skip
             if improved:
                 self.best = {"metric": key, "value": v, "epoch": self.epoch}
                 self.save(BEST)  # before last.pt: a kill in between re-validates on resume

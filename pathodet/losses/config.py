@@ -31,6 +31,14 @@ class DGHMParams(Strict):
     mu_c: float = Field(0.5, ge=0)
     lam: float = Field(0.9, ge=0, le=1, description="outlier threshold on g")
     bins: int = Field(10, ge=1)
+    mined_group: Literal["noisy", "clean"] = Field(
+        "noisy",
+        description="co-mining: the group of positives matched to mined boxes. 'noisy' "
+        "(default): a mined box is the detector's own guess, as uncertain as an AP "
+        "negative's label; when the supervised view disagrees strongly (an outlier, g >= "
+        "lam) the pseudo-label is likely wrong and mu_n down-weights it. 'clean': treated "
+        "as annotated positives, so strong disagreement is up-weighted by mu_c",
+    )
 
 
 class SCEParams(Strict):

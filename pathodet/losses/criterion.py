@@ -40,6 +40,7 @@ class AnchorBatch:
         logits: ``(N,)``. targets: ``(N,)`` float labels (0/1). ap_image: ``(N,)`` bool.
         iou: ``(N,)`` max IoU with the annotated boxes of the anchor's image.
         prior_score: ``(N,)`` scores of a first-round detector (score soft sampling) or None.
+        mined: ``(N,)`` bool, positives matched to a co-mining pseudo-label, or None.
         normalizer: the (global) number of positive anchors, at least 1: CE-like losses divide
             by it (under DDP the count of the whole global batch, so rank losses add up).
         reduce: sums statistics across processes (DDP), or None.
@@ -51,6 +52,7 @@ class AnchorBatch:
     ap_image: Tensor
     iou: Tensor
     prior_score: Tensor | None = None
+    mined: Tensor | None = None
     normalizer: Tensor | None = None
     reduce: CountReduce | None = None
     ghm_acc_sum: Tensor | None = None
@@ -84,9 +86,10 @@ def _score_ss(batch: AnchorBatch, cfg: LossConfig) -> Tensor:
 
 def _dghm(batch: AnchorBatch, cfg: LossConfig, star: bool) -> Tensor:
     d = cfg.dghm
+    noisy = batch.mined if d.mined_group == "noisy" else None
     return dghm_c_loss(
         batch.logits, batch.targets, batch.ap_image, d.mu_n, d.mu_c, d.lam, d.bins,
-        star=star, reduce=batch.reduce,
+        star=star, reduce=batch.reduce, noisy_positive=noisy,
     )  # fmt: skip
 
 
@@ -136,6 +139,7 @@ def detection_loss(
     prior_scores: Tensor | None = None,
     reduce: CountReduce | None = None,
     ghm_acc_sum: Tensor | None = None,
+    mined: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Classification and regression loss of a mini-batch.
 
@@ -151,6 +155,8 @@ def detection_loss(
             batch: the sum over ranks equals the loss one process computes on all of it.
         ghm_acc_sum: the trainer's ``(bins,)`` buffer of moving GHM-C bin counts, needed when
             ``loss.ghm.momentum > 0`` (start it at zeros; it is updated in place).
+        mined: per image ``(K_b,)`` bool, which of ``boxes`` are co-mining pseudo-labels
+            (DGHM-C may group their positives as noisy: ``loss.dghm.mined_group``).
 
     Returns:
         ``{"cls": ..., "reg": ..., "loss": cls + reg_weight * reg, "positives": P}``.
@@ -200,6 +206,7 @@ def detection_loss(
             ap_image=ap_image.bool().view(b, 1).expand(b, a)[valid],
             iou=max_iou[valid],
             prior_score=None if prior_scores is None else prior_scores[valid],
+            mined=None if mined is None else _mined_anchors(mined, matched, pos)[valid],
             normalizer=normalizer,
             reduce=reduce,
             ghm_acc_sum=ghm_acc_sum,
@@ -207,6 +214,15 @@ def detection_loss(
         cls = CLASSIFICATION_LOSSES[cfg.name](batch, cfg)
         reg = reg_each.sum() / normalizer
     return {"cls": cls, "reg": reg, "loss": cls + cfg.reg_weight * reg, "positives": n_pos}
+
+
+def _mined_anchors(mined: list[Tensor], matched: Tensor, pos: Tensor) -> Tensor:
+    """``(B, A)`` bool: positive anchors whose matched box is a mined one."""
+    out = torch.zeros_like(pos)
+    for b, flags in enumerate(mined):
+        if flags.numel():
+            out[b] = pos[b] & flags.bool()[matched[b].clamp(min=0, max=flags.numel() - 1)]
+    return out
 
 
 def _gather_boxes(boxes: list[Tensor], img_idx: Tensor, box_idx: Tensor) -> Tensor:

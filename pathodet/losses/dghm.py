@@ -12,6 +12,9 @@ gets its own gradient-norm histogram, ``GD_i = R_d(b_i) * n_d``, and outliers
 ``mu_n >= 1`` down-weights noisy outliers (likely missed SRCs), ``mu_c <= 1`` up-weights
 clean outliers (hard examples). DGHM-C* (section 5.1) splits into three groups:
 AP_P, AP_N and NP_N.
+
+With co-mining, positives matched to *mined* boxes may be put in the noisy group (AP_N
+for DGHM-C*): their label is a pseudo-label (``loss.dghm.mined_group``).
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ AP_P, AP_N, NP_N = 0, 1, 2  # DGHM-C* groups
 
 
 def dghm_groups(
-    targets: Tensor, ap_image: Tensor, mu_n: float, mu_c: float, star: bool = False
+    targets: Tensor,
+    ap_image: Tensor,
+    mu_n: float,
+    mu_c: float,
+    star: bool = False,
+    noisy_positive: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Group of every element and the ``mu`` of every group.
+
+    ``noisy_positive``: ``(N,)`` bool, positives moved to the noisy group (AP_N with
+    ``star``) whatever their image: co-mining's pseudo-labelled anchors.
 
     Returns:
         ``(group (N,) int64, mu (G,) float32)``; G = 2 (clean, noisy) or 3 with ``star``
@@ -45,6 +56,8 @@ def dghm_groups(
     else:
         group = (ap & ~pos).to(torch.int64)  # NOISY = 1, CLEAN = 0
         mu = torch.tensor([mu_c, mu_n], dtype=torch.float32, device=targets.device)
+    if noisy_positive is not None:
+        group[noisy_positive.bool() & pos] = AP_N if star else NOISY
     return group, mu
 
 
@@ -91,8 +104,10 @@ def dghm_c_loss(
     bins: int = 10,
     star: bool = False,
     reduce: CountReduce | None = None,
+    noisy_positive: Tensor | None = None,
 ) -> Tensor:
-    """DGHM-C loss (eq. 12) over ``(N,)`` logits, hard targets and the AP attribute.
+    """DGHM-C loss (eq. 12) over ``(N,)`` logits, hard targets and the AP attribute
+    (``noisy_positive``: see :func:`dghm_groups`).
 
     With ``mu_n = mu_c = 1`` it equals GHM-C computed per group and averaged over groups;
     with a single non-empty group, GHM-C itself.
@@ -101,7 +116,7 @@ def dghm_c_loss(
     if logits.numel() == 0 and reduce is None:  # with reduce, still join the all-reduce
         return logits.sum() * 0.0
     g = gradient_norm(logits, targets)
-    group, mu = dghm_groups(targets, ap_image, mu_n, mu_c, star)
+    group, mu = dghm_groups(targets, ap_image, mu_n, mu_c, star, noisy_positive)
     beta, total, m = dghm_weights(g, group, mu, lam, bins, reduce)
     scale = (beta / (m.clamp(min=1) * total.clamp(min=1))).to(torch.float32)
     return (scale * bce(logits, targets)).sum()

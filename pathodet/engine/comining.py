@@ -1,0 +1,162 @@
+"""One co-mining step (co-mining paper, Algorithm 1; eq. 1-2) and what it mined.
+
+Both views of a mini-batch, the tiles as they are (``o``) and their colour view (``a``),
+go through the one detector in a single forward pass (shared weights, one batch of
+``2B``). Each view's detached predictions are turned into pseudo-labels by
+:func:`~pathodet.losses.comining.mine_batch`; those of view ``o`` join the annotations
+supervising view ``a`` and vice versa, and the loss is the sum of the two views' detection
+losses (any loss of the family, ``loss.name``).
+
+On synthetic data every tile also carries the full truth, and each step counts how many
+mined boxes are real SRCs (:func:`mining_counts`); the trainer logs the sums per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pathodet.engine.config import CominingConfig
+from pathodet.engine.step import Precision, autocast, collate
+from pathodet.losses.comining import complete_sets, mine_batch
+from pathodet.losses.config import LossConfig
+from pathodet.losses.criterion import detection_loss
+from pathodet.losses.ghm import CountReduce
+from pathodet.model.boxes import box_iou
+from pathodet.model.config import AssignConfig
+from pathodet.model.retinanet import HeadOutputs
+
+MATCH_IOU = 0.3
+"""A mined box is a real SRC when its IoU with a true SRC box reaches this: the challenge's
+instance-matching IoU (DigestPath task 1)."""
+ANNOTATED_IOU = 0.5
+"""A true SRC counts as annotated when an annotated box overlaps it at this IoU or more."""
+MINING_KEYS = ("mined", "mined_real", "missed", "missed_found")
+"""Counts per step and epoch: boxes mined (both views), of them real SRCs, unannotated true
+SRCs in the tiles, of them found by a mined box of either view."""
+
+
+def collate_views(
+    items: list[dict],
+) -> tuple[Tensor, list[Tensor], Tensor, Tensor, list[Tensor] | None]:
+    """:func:`~pathodet.engine.step.collate` plus the colour view and the truth.
+
+    Returns:
+        ``images (B, 3, H, W)``, boxes, ``ap (B,)``, ``images_a (B, 3, H, W)`` (the
+        ``image_a`` of each item), and per tile ``(T_b, 4)`` true SRC boxes or None when
+        the items carry no ``truth_boxes``.
+    """
+    images, boxes, ap = collate(items)
+    views = np.stack([it["image_a"] for it in items])
+    images_a = torch.from_numpy(views).permute(0, 3, 1, 2).float().div_(255.0)
+    truth = None
+    if all("truth_boxes" in it for it in items):
+        truth = [torch.as_tensor(it["truth_boxes"], dtype=torch.float32).view(-1, 4)
+                 for it in items]  # fmt: skip
+    return images, boxes, ap, images_a, truth
+
+
+def split_views(outputs: HeadOutputs, b: int) -> tuple[HeadOutputs, HeadOutputs]:
+    """The outputs of a ``2B`` batch as those of its first and its second ``B`` images."""
+
+    def part(sl: slice) -> HeadOutputs:
+        return HeadOutputs(outputs.cls_logits[sl], outputs.bbox_deltas[sl], outputs.anchors,
+                           outputs.image_size, outputs.level_sizes)  # fmt: skip
+
+    return part(slice(0, b)), part(slice(b, 2 * b))
+
+
+def comining_losses(
+    model: torch.nn.Module,
+    images: Tensor,
+    images_a: Tensor,
+    boxes: list[Tensor],
+    ap: Tensor,
+    loss_cfg: LossConfig,
+    co: CominingConfig,
+    assign_cfg: AssignConfig | None = None,
+    precision: Precision = "fp32",
+    prior: Callable[[Tensor], Tensor] | None = None,
+    reduce: CountReduce | None = None,
+    ghm_acc_sum: Tensor | None = None,
+) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
+    """Eq. 2: ``L = L(P_o, C_o) + L(P_a, C_a)`` with ``C_o = Y ∪ P_a^g``, ``C_a = Y ∪ P_o^g``.
+
+    Args:
+        images, images_a: ``(B, 3, H, W)`` the tiles and their colour view (pixel-aligned).
+        boxes: per tile ``(K_b, 4)`` annotated boxes ``Y``. ap: ``(B,)`` bool.
+        prior: score soft sampling's first-round detector, applied to each view.
+
+    Returns:
+        the loss terms summed over the views (``positives`` counts both), and the boxes
+        mined from view ``o`` and from view ``a`` (per tile ``(M_b, 4)``, no gradient).
+    """
+    b = images.shape[0]
+    with autocast(precision, images.device):
+        outputs = model(torch.cat([images, images_a]))
+    out_o, out_a = split_views(outputs, b)
+    if co.mine:
+        args = (co.tau, co.theta1, co.theta2, co.attribute_aware, co.max_candidates)
+        mined_o = mine_batch(out_o, boxes, ap, *args)
+        mined_a = mine_batch(out_a, boxes, ap, *args)
+    else:  # 'Joint': both views on the annotations alone
+        mined_o = mined_a = [box.new_zeros((0, 4)) for box in boxes]
+    total: dict[str, Tensor] = {}
+    for out, view, pseudo in ((out_o, images, mined_a), (out_a, images_a, mined_o)):
+        complete, flags = complete_sets(boxes, pseudo)
+        scores = prior(view) if prior is not None else None
+        terms = detection_loss(out, complete, ap, loss_cfg, assign_cfg, scores, reduce,
+                               ghm_acc_sum, mined=flags)  # fmt: skip
+        for k, v in terms.items():
+            total[k] = total[k] + v if k in total else v
+    return total, mined_o, mined_a
+
+
+def mining_counts(
+    mined_o: list[Tensor],
+    mined_a: list[Tensor],
+    annotated: list[Tensor],
+    truth: list[Tensor] | None,
+) -> dict[str, float]:
+    """:data:`MINING_KEYS` of one mini-batch (only ``mined`` without the truth).
+
+    Args:
+        mined_o, mined_a: per tile ``(M_b, 4)`` boxes mined from each view.
+        annotated: per tile ``(K_b, 4)``. truth: per tile ``(T_b, 4)`` every true SRC.
+    """
+    out = {"mined": float(sum(len(m) for m in mined_o) + sum(len(m) for m in mined_a))}
+    if truth is None:
+        return out
+    real = missed = found = 0
+    for mo, ma, y, t in zip(mined_o, mined_a, annotated, truth, strict=True):
+        mined = torch.cat([mo, ma]).float().cpu()
+        t, y = t.float().cpu(), y.float().view(-1, 4).cpu()
+        if len(t) == 0:
+            continue
+        if len(mined):
+            real += int((box_iou(mined, t).max(dim=1).values >= MATCH_IOU).sum())
+        unannotated = torch.ones(len(t), dtype=torch.bool)
+        if len(y):
+            unannotated = box_iou(t, y).max(dim=1).values < ANNOTATED_IOU
+        missed += int(unannotated.sum())
+        if len(mined) and unannotated.any():
+            hit = box_iou(t[unannotated], mined).max(dim=1).values >= MATCH_IOU
+            found += int(hit.sum())
+    out.update(mined_real=float(real), missed=float(missed), missed_found=float(found))
+    return out
+
+
+def mining_summary(sums: dict[str, float]) -> str:
+    """One log line from an epoch's :data:`MINING_KEYS` sums."""
+    n = int(sums.get("mined", 0))
+    if "mined_real" not in sums:
+        return f"mined {n} boxes"
+    real, missed, found = (int(sums[k]) for k in ("mined_real", "missed", "missed_found"))
+    precision = f"{real / n:.3f}" if n else "-"
+    return (
+        f"mined {n} boxes, {real} real SRCs (mining precision {precision}); "
+        f"{found} of {missed} unannotated SRC sightings found"
+    )
