@@ -181,6 +181,8 @@ def plot_png(
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
     styles = ["-o", "-s", "-^", "-v", "-D", "--o", "--s", "--^", "--v", "--D", ":o", ":s"]
+    # 20 distinct colours: the dark half of tab20 first, then the light half
+    palette = [plt.get_cmap("tab20")(i) for i in [*range(0, 20, 2), *range(1, 20, 2)]]
     for ax, (column, name) in zip(axes, (("r_recall", "R-recall"), ("froc", "FROC")), strict=True):
         for k, m in enumerate(methods):
             xs, ys, es = [], [], []
@@ -192,7 +194,8 @@ def plot_png(
                     es.append(0.0 if std is None else std)
             if xs:
                 ax.errorbar(xs, ys, yerr=es, fmt=styles[k % len(styles)], capsize=3,
-                            label=labels[m], linewidth=2.2 if m == "dghm" else 1.2)  # fmt: skip
+                            color=palette[k % len(palette)], label=labels[m],
+                            linewidth=2.2 if m == "dghm" else 1.2)  # fmt: skip
         ax.set_xlabel("annotation drop rate (%)")
         ax.set_xticks([100 * r for r in rates])
         ax.set_ylabel(name)
