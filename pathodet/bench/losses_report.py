@@ -139,7 +139,12 @@ def mining_md(
     SRCs (IoU >= 0.3 with a true SRC), the boxes mined per run (both views, every step),
     and the share of unannotated SRC sightings in the training tiles that a mined box found.
     """
-    mined = [m for m in methods if any(r["method"] == m and r.get("mining") for r in results)]
+
+    def mines(r: dict) -> bool:  # co-mining with co-generation on (not the 'Joint' control)
+        co = r.get("config", {}).get("train", {}).get("comining", {})
+        return bool(r.get("mining")) and co.get("mine", True)
+
+    mined = [m for m in methods if any(r["method"] == m and mines(r) for r in results)]
     if not mined:
         return []
     lines = [

@@ -95,6 +95,7 @@ def comining_losses(
         mined from view ``o`` and from view ``a`` (per tile ``(M_b, 4)``, no gradient).
     """
     b = images.shape[0]
+    model.train()
     with autocast(precision, images.device):
         outputs = model(torch.cat([images, images_a]))
     out_o, out_a = split_views(outputs, b)

@@ -233,7 +233,6 @@ class Trainer:
         counts = None
         # the gradient norm is of the global batch: DDP has already combined the ranks'
         if images_a is not None:
-            self.net.train()
             losses, mined_o, mined_a = comining_losses(
                 self.net, images, images_a.to(self.device), boxes, ap, self.cfg.loss,
                 tc.comining, self.cfg.model.assign, tc.precision, self.prior, reduce,

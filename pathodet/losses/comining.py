@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from pathodet.model.boxes import box_iou, decode
-from pathodet.model.retinanet import HeadOutputs
+from pathodet.model.boxes import box_iou
+from pathodet.model.retinanet import HeadOutputs, decode_clipped
 
 
 @torch.no_grad()
@@ -86,7 +86,6 @@ def mine_batch(
     Returns:
         per tile ``(M_b, 4)`` float32 mined boxes in tile pixels, clipped to the tile.
     """
-    h, w = outputs.image_size
     scores = outputs.cls_logits.detach().float().sigmoid()
     mined = []
     for b in range(scores.shape[0]):
@@ -94,10 +93,8 @@ def mine_batch(
             mined.append(scores.new_zeros((0, 4)))
             continue
         candidates = scores[b] >= tau  # decode only what can pass step 1
-        boxes = decode(outputs.bbox_deltas[b][candidates].detach().float(),
-                       outputs.anchors[candidates])  # fmt: skip
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        boxes = decode_clipped(outputs.bbox_deltas[b][candidates].detach(),
+                               outputs.anchors[candidates], outputs.image_size)  # fmt: skip
         found, _ = co_generate(boxes, scores[b][candidates], annotated[b], tau, theta1, theta2,
                                max_candidates)  # fmt: skip
         mined.append(found)

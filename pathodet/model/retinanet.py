@@ -157,6 +157,15 @@ class SRCRetinaNet(nn.Module):
         return postprocess(self(images), cfg or self.cfg.inference)
 
 
+def decode_clipped(deltas: Tensor, anchors: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``(N, 4)`` deltas on their anchors -> ``(N, 4)`` float boxes clipped to ``(H, W)``."""
+    h, w = image_size
+    boxes = decode(deltas.float(), anchors)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    return boxes
+
+
 def postprocess(outputs: HeadOutputs, cfg: InferenceConfig) -> list[dict[str, Tensor]]:
     """Per image: score threshold, top-k per FPN level, decode, clip, NMS, keep the best.
 
@@ -173,9 +182,7 @@ def postprocess(outputs: HeadOutputs, cfg: InferenceConfig) -> list[dict[str, Te
             idx = keep.nonzero(as_tuple=True)[0]
             if idx.numel() > cfg.topk_per_level:
                 idx = idx[scores[idx].topk(cfg.topk_per_level).indices]
-            boxes = decode(deltas[start + idx], outputs.anchors[start + idx])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            boxes = decode_clipped(deltas[start + idx], outputs.anchors[start + idx], (h, w))
             boxes_all.append(boxes)
             scores_all.append(scores[idx])
             levels_all.append(torch.full_like(idx, level))
