@@ -15,7 +15,7 @@ import typer
 
 from pathodet import __version__
 from pathodet.cli_review import review_app
-from pathodet.cli_run import evaluate_cmd, predict_cmd, train_cmd
+from pathodet.cli_run import evaluate_cmd, predict_cmd, purify_cmd, train_cmd
 from pathodet.cli_util import fail, progress_bar, user_errors
 from pathodet.config import load_config
 
@@ -33,6 +33,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(review_app, name="review")
 app.command("train")(train_cmd)
 app.command("predict")(predict_cmd)
+app.command("purify")(purify_cmd)
 app.command("evaluate")(evaluate_cmd)
 
 
@@ -292,7 +293,8 @@ def bench_losses(
     synthetic data; resumable: rerun the same command to continue."""
     import shlex
 
-    from pathodet.bench.losses import LossBenchSettings, quick_settings, report, run_losses
+    from pathodet.bench.losses import LossBenchSettings, quick_settings, run_losses
+    from pathodet.bench.losses_report import report
 
     base = quick_settings() if quick else LossBenchSettings()
     changes: dict = {}

@@ -207,3 +207,53 @@ def evaluate_cmd(
             predictions = out / "predictions" / "predictions.csv"
         metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "problems"}))
+
+
+def purify_cmd(
+    labeled: Annotated[Path, typer.Option(help="Labeled DigestPath root (or manifest CSV).")],
+    unlabeled: Annotated[
+        Path,
+        typer.Option(
+            help="Unlabeled pool: a DigestPath root, a folder of images or slides, or one slide."
+        ),  # fmt: skip
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder (selected tiles, ranking, summary).")],
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Detector checkpoint (RUN/last.pt) that pseudo-labels the selected "
+            "tiles and initialises the classifier."
+        ),  # fmt: skip
+    ] = None,
+    prior: Annotated[
+        float | None, typer.Option(help="Class prior pi_p of the pool (default: estimated).")
+    ] = None,
+    select: Annotated[
+        int | None, typer.Option(help="Tiles to select (default: pi_p x pool tiles).")
+    ] = None,
+    selection: Annotated[str, typer.Option(help="pu, or random (the paper's U^R control).")] = "pu",
+    tile: Annotated[int, typer.Option(help="Tile side, pixels (the detector's).")] = 800,
+    stride: Annotated[int, typer.Option(help="Stride of the labeled tiles, pixels.")] = 300,
+    steps: Annotated[int, typer.Option(help="PU training steps.")] = 300,
+    tau: Annotated[float, typer.Option(help="Teacher score threshold of pseudo boxes.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of <image>.xml with every SRC (synthetic data): report the "
+            "purification precision."
+        ),  # fmt: skip
+    ] = None,
+) -> None:
+    """PU data purification: rank pool tiles with a positive-unlabeled classifier, write the
+    selected ones and (with --teacher) their pseudo-labels, for configs/pudet.yaml."""
+    from pathodet.purify.classifier import PUConfig
+    from pathodet.purify.run import run_purify
+
+    with user_errors():
+        cfg = PUConfig(tile=tile, stride=stride, steps=steps, prior=prior, select=select,
+                       selection=selection, tau=tau, seed=seed)  # fmt: skip
+        summary = run_purify(labeled, unlabeled, out, cfg, teacher, truth,
+                             log=lambda m: typer.echo(m, err=True))  # fmt: skip
+    summary.pop("problems")
+    typer.echo(json.dumps(summary, indent=1))

@@ -39,6 +39,13 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from pathodet.bench.pudet import (
+    PU_METHODS,
+    prepare_pool,
+    pu_config,
+    purify_result,
+    purify_stage,
+)
 from pathodet.bench.speed import git_commit
 from pathodet.config import Config, same_config
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
@@ -82,13 +89,18 @@ METHODS: dict[str, Method] = {
     "comining_dghm": Method("co-mining (DGHM-C)", "dghm", (COMINING,)),
     "comining_dghm_orig": Method("co-mining (DGHM-C, original)", "dghm", (COMINING, ORIGINAL)),
     "joint_dghm": Method("Joint (DGHM-C)", "dghm", (COMINING, "train.comining.mine=false")),
+    "pudet": Method("PUDet student (PU-selected)", "dghm"),
+    "pudet_random": Method("PUDet student (random, U^R)", "dghm"),
 }
 """Config name -> method. Score soft sampling's first-round detector is the focal run of the
 same drop rate and seed, so ``focal`` runs before ``score_ss``. Co-mining runs with
 attribute-aware mining (nothing mined in NP tiles) and as the paper's original (mining
-everywhere); 'Joint' is the paper's control: the two views without co-generation."""
+everywhere); 'Joint' is the paper's control: the two views without co-generation. The
+PUDet students (:mod:`pathodet.bench.pudet`) learn from the DGHM-C run of the same drop
+rate and seed (their teacher) and the pool tiles it pseudo-labeled."""
 
 PRIOR_METHOD = "focal"
+TEACHER_METHOD = "dghm"
 
 
 class LossBenchSettings(SplitSizes):
@@ -104,6 +116,10 @@ class LossBenchSettings(SplitSizes):
     overrides: list[str] = Field(
         [], description="config overrides for every run (e.g. train.lr=0.001)"
     )
+    pool_positive: int = Field(8, ge=1, description="PU pool: images with SRCs")
+    pool_negative: int = Field(16, ge=1, description="PU pool: images without")
+    pu_steps: int = Field(300, ge=1, description="PU classifier steps")
+    pu_prior_steps: int = Field(150, ge=1, description="P-vs-U steps estimating pi_p")
 
     @model_validator(mode="after")
     def _check(self) -> LossBenchSettings:
@@ -138,6 +154,34 @@ def rate_name(rate: float) -> str:
 
 def run_dir(out: Path, seed: int, rate: float, method: str) -> Path:
     return out / "runs" / f"seed{seed}" / rate_name(rate) / method
+
+
+def purify_dir(out: Path, seed: int, rate: float, method: str) -> Path:
+    return out / "runs" / f"seed{seed}" / rate_name(rate) / f"purify-{PU_METHODS[method]}"
+
+
+def prepare_purified(out: Path, s: LossBenchSettings, seed: int, rate: float, method: str) -> dict:
+    """The teacher (retrained when its checkpoint was removed) and the purified tiles of a
+    PUDet student; returns the purification summary. The random control selects as many
+    tiles as the PU classifier did."""
+    teacher = run_dir(out, seed, rate, TEACHER_METHOD)
+    if not (teacher / LAST).is_file():
+        (teacher / "result.json").unlink(missing_ok=True)
+        run_one(out, s, seed, rate, TEACHER_METHOD, keep=True)
+    data = out / "data"
+    pool = prepare_pool(data, s.pool_positive, s.pool_negative, s.image_size, s.data_seed + 2000)
+    cfg = pu_config(512, 256, s.pu_steps, s.pu_prior_steps, seed)
+    teacher_cfg = json.loads((teacher / "result.json").read_text())["config"]
+    params = {"pu": cfg.model_dump(mode="json"), "teacher": teacher_cfg,
+              "pool": [s.pool_positive, s.pool_negative, s.image_size, s.data_seed]}  # fmt: skip
+    pu = purify_stage(purify_dir(out, seed, rate, "pudet"), data / rate_name(rate), pool,
+                      teacher / LAST, cfg, params)  # fmt: skip
+    if PU_METHODS[method] == "pu":
+        return pu
+    cfg = cfg.model_copy(update={"selection": "random", "select": pu["selected"]})
+    params = {**params, "pu": cfg.model_dump(mode="json")}
+    return purify_stage(purify_dir(out, seed, rate, method), data / rate_name(rate), pool,
+                        teacher / LAST, cfg, params)  # fmt: skip
 
 
 def plan(s: LossBenchSettings) -> list[tuple[int, float, str]]:
@@ -201,6 +245,10 @@ def bench_config(out: Path, s: LossBenchSettings, seed: int, rate: float, method
     if method == "score_ss":
         prior = run_dir(out, seed, rate, PRIOR_METHOD) / LAST
         extra.append(f"loss.soft_sampling.prior_checkpoint={prior.absolute()}")
+    if method in PU_METHODS:
+        teacher = run_dir(out, seed, rate, TEACHER_METHOD) / LAST
+        extra += [f"data.pseudo={purify_dir(out, seed, rate, method).absolute()}",
+                  "train.distill.enabled=true", f"train.distill.teacher={teacher.absolute()}"]  # fmt: skip
     extra += s.overrides
 
     def make(epochs: int, milestones: list[int]) -> Config:
@@ -267,13 +315,17 @@ def run_one(
 ) -> dict:
     """Train, predict and evaluate one run unless its ``result.json`` is there and current."""
     folder = run_dir(out, seed, rate, method)
+    result_file = folder / "result.json"
+    pu = method in PU_METHODS
+    if pu and not (result_file.is_file() and purify_dir(out, seed, rate, method).is_dir()):
+        prepare_purified(out, s, seed, rate, method)  # the student's data: before its config
     cfg = bench_config(out, s, seed, rate, method)
     config = cfg.model_dump(mode="json")
-    result_file = folder / "result.json"
     if result_file.is_file():
         done = json.loads(result_file.read_text())
         if same_config(done.get("config"), cfg):
             return done
+    purified = prepare_purified(out, s, seed, rate, method) if pu else None
     if method == "score_ss" and not (run_dir(out, seed, rate, PRIOR_METHOD) / LAST).is_file():
         raise FileNotFoundError(
             f"score_ss at {rate_name(rate)} seed {seed} needs the focal run's {LAST}; it was "
@@ -294,15 +346,19 @@ def run_one(
         "eval_seconds": time.perf_counter() - t1, "resumed": resume, "commit": git_commit(),
         **metrics,
         "mining": run_mining(folder),
+        "purify": None if purified is None else purify_result(purified),
         "config": config,
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
     if not keep:
         pending_prior = method == PRIOR_METHOD and "score_ss" in s.methods
-        if not pending_prior:
+        pending_teacher = method == TEACHER_METHOD and any(m in PU_METHODS for m in s.methods)
+        if not (pending_prior or pending_teacher):
             _remove_checkpoints(folder)
         if method == "score_ss":
             _remove_checkpoints(run_dir(out, seed, rate, PRIOR_METHOD))
+        if pu and method == [m for m in s.methods if m in PU_METHODS][-1]:
+            _remove_checkpoints(run_dir(out, seed, rate, TEACHER_METHOD))
     return result
 
 
@@ -347,43 +403,6 @@ def collect(out: Path, s: LossBenchSettings) -> list[dict]:
                 result["mining"] = run_mining(f.parent)
             results.append(result)
     return results
-
-
-def report(out: Path, s: LossBenchSettings, docs: Path, command: str) -> dict:
-    """Write ``losses.md/.json/.png`` into ``docs`` from the finished runs (all or some)."""
-    from pathodet.bench.losses_report import write_report
-
-    results = collect(out, s)
-    if not results:
-        raise FileNotFoundError(f"{out}: no finished run to report")
-    n_runs = len(plan(s))
-    made = ", ".join(f"`{c}`" for c in sorted({r.get("commit", "") for r in results} - {""}))
-    made = made or "not recorded (see docs/benchmarks/losses-findings.md)"
-    hours = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 3600
-    header = [
-        "# Loss comparison under controlled missing labels (synthetic DigestPath)",
-        "",
-        f"- Command: `{command}`",
-        f"- Runs made at commit(s) {made}; report written at `{git_commit()}`; "
-        f"{len(results)} of {n_runs} runs; "
-        f"{hours:.2f} h of training and evaluation on this machine (2 CPU cores).",
-        f"- Data: {s.train_positive} AP + {s.train_negative} NP training images of "
-        f"{s.image_size} px, every SRC annotated, then a share removed per drop rate "
-        f"(`pathodet data drop`, seed {s.data_seed}); held-out test set of "
-        f"{s.test_positive} AP + {s.test_negative} NP images, every SRC annotated.",
-        f"- Training: the demo recipe (`configs/demo.yaml`), {s.steps} steps per run on the "
-        f"paper's stretched 14-epoch schedule, seeds {s.seeds}"
-        + (f", overrides {s.overrides}" if s.overrides else "")
-        + "; `last.pt` evaluated.",
-        "- What the numbers mean, and the investigation of why the paper's ordering does "
-        "not reproduce at this budget: [losses-findings.md](losses-findings.md).",
-        "- Columns: precision, NFP score, recall and FROC on the test set (fully annotated, "
-        "so these are true values); T-recall, R-recall, true recall and true precision on the "
-        "training AP images (kept boxes, removed boxes, every real SRC). Mean ± sample std "
-        "over seeds; every prediction at score >= 0.05 counts for recall and precision.",
-    ]
-    labels = {m: METHODS[m].label for m in METHODS}
-    return write_report(results, s.model_dump(mode="json"), Path(docs), header, labels)
 
 
 def _fmt(x: float | None) -> str:

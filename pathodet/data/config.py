@@ -33,6 +33,11 @@ class DataConfig(Strict):
 
     root: Path | None = None
     folds: Path | None = None
+    pseudo: Path | None = Field(
+        None,
+        description="a pathodet purify output folder: its selected, pseudo-labeled tiles "
+        "join the training tiles (PU purification; attribute AP or unknown, both AP-like)",
+    )
     held_out_fold: int = Field(0, ge=0)
     num_folds: int = Field(5, ge=2, description="folds made on the fly when none are given")
     fold_seed: int = 0

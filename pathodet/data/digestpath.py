@@ -25,7 +25,9 @@ from typing import Literal
 from pathodet.data.io import atomic_write_text
 from pathodet.data.names import parse_digestpath_name
 
-Attribute = Literal["AP", "NP"]
+Attribute = Literal["AP", "NP", "unknown"]
+"""``unknown``: a pseudo-labeled tile from an unlabeled slide or image (PU purification);
+its negatives are as uncertain as an AP image's. Datasets and manifests hold AP and NP only."""
 POS_DIR = "sig-train-pos"
 NEG_DIR = "sig-train-neg"
 FULL_DIR = "full-annotations"  # synthetic data only: every SRC, annotated or not
@@ -50,7 +52,8 @@ class ImageRecord:
 
     Attributes:
         image: path of the image file.
-        attribute: ``"AP"`` (abnormal, partially annotated) or ``"NP"`` (normal, no SRC).
+        attribute: ``"AP"`` (abnormal, partially annotated) or ``"NP"`` (normal, no SRC);
+            ``"unknown"`` only for pseudo-labeled tiles (:mod:`pathodet.data.pseudo`).
         annotation: path of its VOC XML, or ``None`` when there is none.
         slide_id: the slide the image was cut from (grouping key for folds).
         fold: the cross-validation fold when read from a split manifest, else ``None``.

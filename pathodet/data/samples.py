@@ -31,6 +31,7 @@ class Sample:
         boxes: ``(N, 4)`` float32 ``x1, y1, x2, y2``, clipped to the image.
         clipped: how many boxes were partly outside the image and were clipped.
         problems: everything wrong with the image or its annotation.
+        pseudo: the boxes are a teacher's pseudo-labels, not annotations (PU purification).
     """
 
     record: ImageRecord
@@ -39,6 +40,7 @@ class Sample:
     boxes: np.ndarray
     clipped: int = 0
     problems: list[Problem] = field(default_factory=list)
+    pseudo: bool = False
 
     @property
     def attribute(self) -> Attribute:

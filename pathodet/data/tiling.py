@@ -92,7 +92,8 @@ class TileDataset:
         ``boxes``: ``(K, 4)`` float32 annotated boxes in tile pixels;
         ``box_index``: ``(K,)`` int64 index of each box in its sample's ``boxes``;
         ``attribute``: ``"AP"`` or ``"NP"`` of the source image (an AP tile stays AP even
-        when no annotated box falls in it);
+        when no annotated box falls in it), ``"unknown"`` for a pseudo-labeled pool tile;
+        ``pseudo``: its boxes are pseudo-labels (:mod:`pathodet.data.pseudo`);
         ``name``: source image file name; ``window``: ``(4,)`` int64 window in image pixels.
 
     Decoded images are kept in a small LRU cache (``cache_images``), since consecutive
@@ -159,6 +160,7 @@ class TileDataset:
             "boxes": boxes,
             "box_index": index,
             "attribute": sample.attribute,
+            "pseudo": sample.pseudo,
             "name": sample.record.name,
             "window": np.asarray(ref.window, np.int64),
         }

@@ -6,6 +6,7 @@ DGHM section 4.2: mini-batch 8 with AP:NP tiles at 1:3, random 600x600 crops of 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -46,6 +47,26 @@ class CominingConfig(Strict):
     view: ColourViewConfig = ColourViewConfig()
 
 
+class DistillConfig(Strict):
+    """Self-distillation from a teacher of the same architecture (the ``train.distill``
+    section; PU purification paper, Eq. 8): ``L = L_det + gamma L_hint + lambda L_kd``.
+
+    The teacher is a trained detector (usually the one whose pseudo-labels the student
+    trains on); it runs frozen, in eval mode, on every training batch.
+    """
+
+    enabled: bool = False
+    teacher: Path | None = Field(None, description="the teacher's checkpoint (RUN/last.pt)")
+    gamma: float = Field(1.0, ge=0, description="weight of the hint loss (Eq. 11)")
+    lam: float = Field(
+        1.0, ge=0, description="weight of the classification + regression distillation"
+    )
+    temperature: float = Field(2.0, gt=0, description="T of the classification term (Eq. 14)")
+    psi: float = Field(
+        0.5, gt=0, le=1, description="imitation region: IoU above psi x the box's best anchor"
+    )
+
+
 class TrainConfig(Strict):
     """How a detector is trained."""
 
@@ -58,6 +79,7 @@ class TrainConfig(Strict):
     )
     augment: AugmentConfig = AugmentConfig()
     comining: CominingConfig = CominingConfig()
+    distill: DistillConfig = DistillConfig()
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     milestones: list[int] = Field([9, 12], description="epochs at which lr is multiplied")
@@ -83,6 +105,8 @@ class TrainConfig(Strict):
     def _check(self) -> TrainConfig:
         if self.milestones != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        if self.distill.enabled and self.comining.enabled:
+            raise ValueError("train.distill and train.comining cannot be combined")
         return self
 
     def lr_at(self, epoch: int, step: int) -> float:

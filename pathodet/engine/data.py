@@ -3,6 +3,8 @@
 Records come from ``data.folds`` (a manifest with a fold column) or ``data.root``; records
 without a fold are split on the fly into slide-grouped folds. Fold ``data.held_out_fold``
 validates, the others train. Unreadable images are reported and left out, never fatal.
+With ``data.pseudo`` (a ``pathodet purify`` folder) the selected pseudo-labeled tiles train
+too (never validate).
 
 With co-mining on, the tiles also get their colour view and, where the dataset has
 ``full-annotations/`` (synthetic data), every true SRC box, so mining can be scored.
@@ -20,6 +22,7 @@ from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.config import DataConfig
 from pathodet.data.digestpath import FULL_DIR, DatasetError, Problem, load_records
 from pathodet.data.folds import assign_folds, split
+from pathodet.data.pseudo import load_pseudo_samples
 from pathodet.data.samples import Sample, load_sample, load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window
 from pathodet.engine.config import TrainConfig
@@ -64,18 +67,22 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
     train_records, val_records = split(records, data.held_out_fold)
     train_samples, problems = load_samples(train_records)
     val_samples, val_problems = load_samples(val_records)
+    truth = full_truth(train_samples) if train.comining.enabled else None
+    if data.pseudo is not None:
+        pseudo, pseudo_problems = load_pseudo_samples(data.pseudo)
+        train_samples, problems = train_samples + pseudo, problems + pseudo_problems
     t = data.tiling
     tiles = TileDataset(train_samples, t.tile_size, t.stride, t.min_visible)
     val = TileDataset(val_samples, t.tile_size, t.stride, t.min_visible)
     attrs = tiles.attributes()
     counts = tiles.box_counts() if train.ap_tiles == "annotated" else [1] * len(tiles)
-    ap = [i for i, (a, c) in enumerate(zip(attrs, counts, strict=True)) if a == "AP" and c > 0]
+    # pseudo-labeled tiles of attribute unknown are AP-like: drawn with the AP tiles
+    ap = [i for i, (a, c) in enumerate(zip(attrs, counts, strict=True)) if a != "NP" and c > 0]
     np_ = [i for i, a in enumerate(attrs) if a == "NP"]
     if not ap:
         raise DatasetError(
             f"{source}: no AP training tile holds an annotated box; nothing to learn from"
         )
-    truth = full_truth(train_samples) if train.comining.enabled else None
     return TrainingData(tiles, val, ap, np_, problems + val_problems, truth)
 
 

@@ -8,11 +8,13 @@ no-ops. The backend is gloo on CPU and nccl on CUDA.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -80,3 +82,23 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device, info: DistInfo, norm: str
+) -> torch.nn.Module:
+    """``model`` as DDP under torchrun (SyncBatchNorm on CUDA), itself otherwise."""
+    if not info.distributed:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif norm == "bn":
+        warnings.warn(
+            "BatchNorm under CPU DDP uses per-process batch statistics; set "
+            "model.norm=gn for a run identical to a single process",
+            stacklevel=3,
+        )
+    ids = [device.index] if device.type == "cuda" else None
+    # oneDNN returns channels-last gradients for 1x1 convolutions; DDP copies them
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+    return DistributedDataParallel(model, device_ids=ids)

@@ -8,12 +8,14 @@ trained one, so its per-anchor scores line up with the trained detector's anchor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pathodet.config import Config
 from pathodet.data.tiling import TileDataset
 from pathodet.engine.checkpoint import CheckpointError, load_detector
 from pathodet.engine.step import Precision, autocast, collate
@@ -78,3 +80,31 @@ def median_box_score(
     if not scores:
         raise ValueError("no annotated box matched an anchor: cannot set the score threshold T")
     return float(np.median(scores))
+
+
+def score_prior(
+    cfg: Config,
+    tiles: TileDataset,
+    indices: list[int],
+    device: torch.device,
+    log: Callable[[str], None] | None = None,
+) -> PriorScorer:
+    """Score soft sampling's first-round detector; sets ``loss.soft_sampling.threshold`` in
+    ``cfg`` (the median prior score on annotated boxes) when it is not given.
+
+    Raises:
+        ValueError: ``loss.soft_sampling.prior_checkpoint`` is not set.
+    """
+    ss = cfg.loss.soft_sampling
+    if ss.prior_checkpoint is None:
+        raise ValueError(
+            "loss score_ss needs a first-round detector: set "
+            "loss.soft_sampling.prior_checkpoint=RUN/best.pt (e.g. a focal run)"
+        )
+    prior = PriorScorer(ss.prior_checkpoint, cfg.model, device, cfg.train.precision)
+    if ss.threshold is None:
+        t = median_box_score(prior, tiles, indices, cfg.model.assign)
+        ss.threshold = t
+        if log is not None:
+            log(f"score soft sampling: T = {t:.4f} (median prior score on boxes)")
+    return prior

@@ -16,13 +16,17 @@ CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 def absolute_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` with every file path absolute, so a run resumes from any directory."""
     cfg = cfg.model_copy(deep=True)
-    for section, key in (("data", "root"), ("data", "folds"), ("model", "weights")):
+    for section, key in (("data", "root"), ("data", "folds"), ("data", "pseudo"),
+                         ("model", "weights")):  # fmt: skip
         obj = getattr(cfg, section)
         if getattr(obj, key) is not None:
             setattr(obj, key, Path(getattr(obj, key)).absolute())
     ss = cfg.loss.soft_sampling
     if ss.prior_checkpoint is not None:
         ss.prior_checkpoint = Path(ss.prior_checkpoint).absolute()
+    dc = cfg.train.distill
+    if dc.teacher is not None:
+        dc.teacher = Path(dc.teacher).absolute()
     return cfg
 
 

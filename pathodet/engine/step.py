@@ -27,15 +27,25 @@ def collate(items: list[dict]) -> tuple[Tensor, list[Tensor], Tensor]:
 
     Returns:
         ``images (B, 3, H, W)`` float in ``[0, 1]``, per-image ``(K, 4)`` float32 boxes, and
-        ``ap (B,)`` bool. All tiles must have the same size.
+        ``ap (B,)`` bool: the tile's negatives are unannotated (AP or ``unknown``, not NP).
+        All tiles must have the same size.
     """
     shapes = {it["image"].shape for it in items}
     if len(shapes) != 1:
         raise ValueError(f"tiles of one batch must share a size, got {sorted(shapes)}")
     images = torch.from_numpy(np.stack([it["image"] for it in items])).permute(0, 3, 1, 2)
     boxes = [torch.as_tensor(it["boxes"], dtype=torch.float32).view(-1, 4) for it in items]
-    ap = torch.tensor([it["attribute"] == "AP" for it in items], dtype=torch.bool)
+    ap = torch.tensor([it["attribute"] != "NP" for it in items], dtype=torch.bool)
     return images.float().div_(255.0), boxes, ap
+
+
+def collate_pseudo(items: list[dict]) -> tuple[Tensor, list[Tensor], Tensor, list[Tensor]]:
+    """:func:`collate` plus per image ``(K,)`` bool: which boxes are pseudo-labels (all of a
+    pseudo-labeled tile's, none of an annotated one's)."""
+    images, boxes, ap = collate(items)
+    pseudo = [torch.full((len(b),), bool(it.get("pseudo")), dtype=torch.bool)
+              for b, it in zip(boxes, items, strict=True)]  # fmt: skip
+    return images, boxes, ap, pseudo
 
 
 def autocast(precision: Precision, device: torch.device):
@@ -59,6 +69,7 @@ def loss_and_gradients(
     ghm_acc_sum: Tensor | None = None,
     world_size: int = 1,
     grad_clip: float | None = None,
+    mined: list[Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], float]:
     """Forward, loss and backward of one mini-batch, up to (not including) the optimiser step.
 
@@ -66,6 +77,8 @@ def loss_and_gradients(
     always fp32. Under DDP each rank's loss is its share of the global-batch loss
     (``reduce`` makes the statistics global) and DDP averages gradients, so the loss is
     scaled by ``world_size`` to backpropagate the global loss.
+
+    ``mined``: per image ``(K,)`` bool, the pseudo-labeled boxes (see ``detection_loss``).
 
     Returns:
         the loss terms (tensors, this rank's share) and the total gradient norm, clipped
@@ -75,7 +88,7 @@ def loss_and_gradients(
     with autocast(precision, images.device):
         outputs = model(images)
     losses = detection_loss(
-        outputs, boxes, ap, loss_cfg, assign_cfg, prior_scores, reduce, ghm_acc_sum
+        outputs, boxes, ap, loss_cfg, assign_cfg, prior_scores, reduce, ghm_acc_sum, mined
     )
     return losses, backward(losses["loss"], optimizer, world_size, grad_clip)
 

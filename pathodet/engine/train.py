@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from pathodet.config import Config
 from pathodet.data.augment import ColourView, TileAugment
@@ -49,12 +47,14 @@ from pathodet.engine.dist import (
     init_distributed,
     pick_device,
     shutdown,
+    wrap_ddp,
 )
+from pathodet.engine.distill import DISTILL_KEYS, Distiller, distill_losses
 from pathodet.engine.logs import MetricsLog
-from pathodet.engine.prior import PriorScorer, median_box_score
+from pathodet.engine.prior import score_prior
 from pathodet.engine.progress import TrainProgress
 from pathodet.engine.run_dir import BEST, LAST, absolute_paths, save_run_config
-from pathodet.engine.step import autocast, backward, collate, loss_and_gradients
+from pathodet.engine.step import autocast, backward, collate, collate_pseudo, loss_and_gradients
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import build_retinanet
 from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
@@ -111,10 +111,12 @@ class Trainer:
         self.cfg = absolute_paths(cfg)
         self.cfg.model.norm = resolved  # type: ignore[assignment]
         self.model: SRCRetinaNet = model.to(self.device)
-        self.optimizer = torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=tc.lr,
-            weight_decay=tc.weight_decay,
-        )  # fmt: skip
+        self.distiller = None
+        params = [p for p in model.parameters() if p.requires_grad]
+        if tc.distill.enabled:
+            self.distiller = Distiller(tc.distill, self.cfg.model, self.device)
+            params += list(self.distiller.adapters.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
         g = cfg.loss.ghm
         self.ghm_acc_sum = torch.zeros(g.bins, device=self.device) if g.momentum > 0 else None
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
@@ -122,20 +124,7 @@ class Trainer:
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
         if resume:
             self._restore(load_checkpoint(self.run_dir / LAST))
-        self.net = self.model
-        if self.info.distributed:
-            if self.device.type == "cuda":
-                self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-            elif resolved == "bn":
-                warnings.warn(
-                    "BatchNorm under CPU DDP uses per-process batch statistics; set "
-                    "model.norm=gn for a run identical to a single process",
-                    stacklevel=2,
-                )
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # oneDNN returns channels-last gradients for 1x1 convolutions; DDP copies them
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-            self.net = DistributedDataParallel(self.net, device_ids=ids)
+        self.net = wrap_ddp(self.model, self.device, self.info, resolved)
         self.sampler = APNPBatchSampler(
             self.data.ap, self.data.np, tc.batch_size, tc.ap_fraction, tc.seed,
             self.info.rank, self.info.world_size, tc.max_steps_per_epoch,
@@ -148,13 +137,16 @@ class Trainer:
             self.data.truth,
         )
         self.loader = torch.utils.data.DataLoader(
-            tiles, batch_sampler=self.sampler, collate_fn=collate_views if co else collate,
+            tiles, batch_sampler=self.sampler, collate_fn=collate_views if co else collate_pseudo,
             num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
         )  # fmt: skip
         self.val_batches = validation_batches(
             self.data.val, tc.val_tiles, tc.val_batch_size, tc.seed
         )
-        self.prior = self._prior() if cfg.loss.name == "score_ss" else None
+        self.prior = None
+        if cfg.loss.name == "score_ss":
+            self.prior = score_prior(self.cfg, self.data.train, self.data.ap, self.device,
+                                     self.log_line if self.info.is_main else None)  # fmt: skip
         self.progress = progress and self.info.is_main
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,6 +169,8 @@ class Trainer:
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
         self.loss_sum, self.loss_count = state.get("loss_sum", 0.0), state.get("loss_count", 0)
         self.mining = state.get("mining", {})
+        if self.distiller is not None:
+            self.distiller.adapters.load_state_dict(state["adapters"])
 
     def state(self) -> dict:
         tc = self.cfg.train
@@ -198,32 +192,19 @@ class Trainer:
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
             "mining": self.mining,
+            "adapters": None if self.distiller is None else self.distiller.adapters.state_dict(),
         }
 
     def save(self, name: str = LAST) -> None:
         if self.info.is_main:
             save_checkpoint(self.run_dir / name, self.state())
 
-    def _prior(self) -> PriorScorer:
-        ss = self.cfg.loss.soft_sampling
-        if ss.prior_checkpoint is None:
-            raise ValueError(
-                "loss score_ss needs a first-round detector: set "
-                "loss.soft_sampling.prior_checkpoint=RUN/best.pt (e.g. a focal run)"
-            )
-        prior = PriorScorer(
-            ss.prior_checkpoint, self.cfg.model, self.device, self.cfg.train.precision
-        )
-        if ss.threshold is None:
-            t = median_box_score(prior, self.data.train, self.data.ap, self.cfg.model.assign)
-            self.cfg.loss.soft_sampling.threshold = t
-            if self.info.is_main:
-                self.log_line(f"score soft sampling: T = {t:.4f} (median prior score on boxes)")
-        return prior
-
     # -- one step ------------------------------------------------------------------------
-    def train_step(self, images, boxes, ap, images_a=None, truth=None) -> dict[str, float]:
-        """One optimiser step; ``images_a`` (the colour view) and ``truth`` with co-mining."""
+    def train_step(
+        self, images, boxes, ap, pseudo=None, images_a=None, truth=None
+    ) -> dict[str, float]:
+        """One optimiser step; ``pseudo`` flags pseudo-labeled boxes; ``images_a`` (the
+        colour view) and ``truth`` with co-mining."""
         tc = self.cfg.train
         images, ap = images.to(self.device), ap.to(self.device)
         boxes = [b.to(self.device) for b in boxes]
@@ -231,8 +212,19 @@ class Trainer:
             group["lr"] = tc.lr_at(self.epoch, self.step)
         reduce = all_reduce_sum if self.info.distributed else None
         counts = None
+        if pseudo is not None:  # None when no box is a pseudo-label: the plain loss
+            pseudo = [p.to(self.device) for p in pseudo] if any(p.any() for p in pseudo) else None
+        keys = ("loss", "cls", "reg")
         # the gradient norm is of the global batch: DDP has already combined the ranks'
-        if images_a is not None:
+        if self.distiller is not None:
+            losses = distill_losses(
+                self.net, self.distiller, images, boxes, ap, pseudo, self.cfg.loss,
+                self.cfg.model.assign, tc.precision, reduce, self.ghm_acc_sum,
+            )  # fmt: skip
+            grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
+                                 tc.grad_clip)  # fmt: skip
+            keys += DISTILL_KEYS
+        elif images_a is not None:
             losses, mined_o, mined_a = comining_losses(
                 self.net, images, images_a.to(self.device), boxes, ap, self.cfg.loss,
                 tc.comining, self.cfg.model.assign, tc.precision, self.prior, reduce,
@@ -246,9 +238,9 @@ class Trainer:
             losses, grad_norm = loss_and_gradients(
                 self.net, self.optimizer, images, boxes, ap, self.cfg.loss,
                 self.cfg.model.assign, tc.precision, prior, reduce, self.ghm_acc_sum,
-                self.info.world_size, tc.grad_clip,
+                self.info.world_size, tc.grad_clip, pseudo,
             )  # fmt: skip
-        values = torch.stack([losses[k].detach().float() for k in ("loss", "cls", "reg")])
+        values = torch.stack([losses[k].detach().float() for k in keys])
         values = all_reduce_sum(values) if reduce else values
         if not (torch.isfinite(values).all() and math.isfinite(grad_norm)):
             what = f"loss is {float(values[0])}" if not torch.isfinite(values).all() else (
@@ -259,7 +251,7 @@ class Trainer:
                 "state; lower train.lr or set train.grad_clip"
             )
         self.optimizer.step()
-        out = dict(zip(("loss", "cls", "reg"), values.tolist(), strict=True))
+        out = dict(zip(keys, values.tolist(), strict=True))
         out["positives"] = float(all_reduce_sum(losses["positives"].float()))
         out["lr"] = tc.lr_at(self.epoch, self.step)
         out["grad_norm"] = grad_norm
@@ -332,7 +324,10 @@ class Trainer:
         bar.start_epoch(self.epoch, self.batch)
         t0, tiles = time.perf_counter(), 0
         for batch in self.loader:
-            values = self.train_step(*batch)
+            if self.cfg.train.comining.enabled:  # images, boxes, ap, images_a, truth
+                values = self.train_step(*batch[:3], images_a=batch[3], truth=batch[4])
+            else:  # images, boxes, ap, pseudo
+                values = self.train_step(*batch)
             self.step, self.batch = self.step + 1, self.batch + 1
             self.loss_sum, self.loss_count = self.loss_sum + values["loss"], self.loss_count + 1
             for k in MINING_KEYS:

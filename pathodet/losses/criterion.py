@@ -173,7 +173,7 @@ def detection_loss(
 
     # regression targets of positives
     img_idx, anc_idx = pos.nonzero(as_tuple=True)
-    gt = _gather_boxes(boxes, img_idx, matched[pos])
+    gt = gather_boxes(boxes, img_idx, matched[pos])
     pred_deltas = outputs.bbox_deltas[pos]
     reg_each = _smooth_l1(pred_deltas, encode(gt, anchors[anc_idx]), cfg.smooth_l1_beta)
     n_pos_global = n_pos.to(torch.float32) if reduce is None else reduce(n_pos.to(torch.float32))
@@ -225,7 +225,7 @@ def _mined_anchors(mined: list[Tensor], matched: Tensor, pos: Tensor) -> Tensor:
     return out
 
 
-def _gather_boxes(boxes: list[Tensor], img_idx: Tensor, box_idx: Tensor) -> Tensor:
+def gather_boxes(boxes: list[Tensor], img_idx: Tensor, box_idx: Tensor) -> Tensor:
     """``(P, 4)`` annotated box of each positive anchor, from per-image box lists."""
     if img_idx.numel() == 0:
         return torch.zeros((0, 4), dtype=torch.float32, device=img_idx.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +43,8 @@ class HeadOutputs:
         anchors: ``(A, 4)`` anchors in pixels of the input, shared by the batch.
         image_size: ``(H, W)`` of the input in pixels.
         level_sizes: number of anchors of each FPN level (P3..P7), summing to ``A``.
+        features: the FPN outputs P3..P7, each ``(B, C, H_l, W_l)`` (self-distillation
+            imitates them); empty when not kept.
     """
 
     cls_logits: Tensor
@@ -50,6 +52,7 @@ class HeadOutputs:
     anchors: Tensor
     image_size: tuple[int, int]
     level_sizes: list[int]
+    features: list[Tensor] = field(default_factory=list)
 
 
 def find_imagenet_weights(path: Path | None) -> Path | None:
@@ -149,6 +152,7 @@ class SRCRetinaNet(nn.Module):
             anchors=anchors,
             image_size=(images.shape[-2], images.shape[-1]),
             level_sizes=[h * w * self.cfg.anchors.per_location for h, w in sizes],
+            features=features,
         )
 
     @torch.no_grad()
