@@ -62,10 +62,10 @@ def test_settings_refuse_unknown_methods_bad_rates_and_score_ss_before_its_prior
 
 def test_default_covers_the_issue_floor():
     s = LossBenchSettings()
-    assert set(s.methods) == set(METHODS) and len(METHODS) == 15
+    assert set(s.methods) == set(METHODS) and len(METHODS) == 17
     assert s.drop_rates == [0.0, 0.3, 0.5, 0.7] and len(s.seeds) >= 2
     runs = plan(s)
-    assert len(runs) == len(s.seeds) * 4 * 15
+    assert len(runs) == len(s.seeds) * 4 * 17
     # seed-major: the first half of the plan is every run of the first seed
     assert {seed for seed, _, _ in runs[: len(runs) // 2]} == {s.seeds[0]}
 
