@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import REPO, tiny  # tests/ is on sys.path (pytest rootdir conftest)
 
 from pathodet.config import load_config
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, DatasetError
@@ -31,7 +32,6 @@ from pathodet.model.config import AssignConfig
 from pathodet.purify.classifier import PUConfig, estimate_prior
 from pathodet.purify.pool import pool_tiles, read_tile
 from pathodet.purify.run import run_purify
-from tests.test_train import REPO, tiny
 
 
 # -- class prior -------------------------------------------------------------------------
