@@ -260,6 +260,11 @@ def test_student_trains_on_pseudo_tiles_with_distillation_and_resumes(world, tmp
     purified = tmp_path / "purified"
     run_purify(world["labeled"], world["pool"], purified, _tiny_pu(selection="random", select=6),
                world["teacher"], log=lambda m: None)  # fmt: skip
+    # one pseudo box on a selected AP-like tile, whatever the tiny teacher found
+    rows = list(csv.DictReader((purified / "selected.csv").open()))
+    target = next(r["tile"] for r in rows if r["attribute"] != "NP")
+    with (purified / "pseudo-labels.csv").open("a") as f:
+        f.write(f"{target},10,10,60,60,0.9\n")
     sets = tiny(world["labeled"], **{"data.pseudo": str(purified),
                                      "train.distill.teacher": str(world["teacher"])})  # fmt: skip
     cfg = load_config(REPO / "configs/pudet.yaml", sets)
@@ -267,7 +272,9 @@ def test_student_trains_on_pseudo_tiles_with_distillation_and_resumes(world, tmp
     pseudo_tiles = [i for i, r in enumerate(data.train.refs) if data.train.samples[r.sample].pseudo]
     assert len(pseudo_tiles) == 6
     with_boxes = {i for i in pseudo_tiles if len(data.train[i]["boxes"])}
-    assert with_boxes <= set(data.ap)  # pseudo-labeled tiles are drawn with the AP tiles
+    assert with_boxes and with_boxes <= set(data.ap)  # drawn with the AP tiles
+    empty = set(pseudo_tiles) - with_boxes
+    assert not empty & set(data.ap)  # a pseudo tile without a box is never drawn as AP
     run = tmp_path / "student"
     train(cfg, run, progress=False, log=lambda m: None)
     names = {r["name"] for r in read_metrics(run) if r["split"] == "train"}
