@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,12 +33,21 @@ class ImagePredictions:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def read_predictions(path: str | os.PathLike[str]) -> dict[str, ImagePredictions]:
+def read_predictions(
+    path: str | os.PathLike[str], images: Collection[str] | None = None
+) -> dict[str, ImagePredictions]:
     """Predictions per image file name.
 
+    Args:
+        path: the CSV file.
+        images: when given, the image file names the predictions may name (the dataset
+            they are evaluated on); a row naming another image is an error.
+
     Raises:
-        PredictionsError: unreadable file, missing columns, or a row with a non-number,
-            NaN/inf, negative or reversed coordinates, or a score outside [0, 1].
+        PredictionsError: unreadable or empty file, missing columns (named), a row with the
+            wrong number of fields, a non-number, NaN/inf, negative or reversed
+            coordinates, a score outside [0, 1], or an image not in ``images``. The message
+            names the file and, for a row, its line.
     """
     path = Path(path)
     try:
@@ -45,16 +55,30 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, ImagePredictions
     except (OSError, UnicodeDecodeError) as exc:
         raise PredictionsError(f"{path}: cannot read predictions: {exc}") from None
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    fields = reader.fieldnames
+    if not fields:
+        raise PredictionsError(f"{path}: empty file, no header line; expected {','.join(COLUMNS)}")
+    missing = [c for c in COLUMNS if c not in fields]
     if missing:
         raise PredictionsError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}"
+            f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}, "
+            f"found {','.join(fields)}"
         )
+    known = None if images is None else set(images)
     rows: dict[str, list[list[float]]] = {}
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num  # physical line: blank lines and quoted newlines count
+        if None in row or None in row.values():  # more / fewer fields than the header
+            n = len(fields) + len(row.get(None) or []) - sum(v is None for v in row.values())
+            raise PredictionsError(f"{path}:{line}: {n} field(s) but the header has {len(fields)}")
         name = (row["image"] or "").strip()
         if not name:
             raise PredictionsError(f"{path}:{line}: empty image name")
+        if known is not None and name not in known:
+            raise PredictionsError(
+                f"{path}:{line}: image {name!r} is not in the dataset evaluated "
+                f"({len(known)} image(s))"
+            )
         try:
             vals = [float(row[c]) for c in COLUMNS[1:]]
         except (TypeError, ValueError):

@@ -18,12 +18,14 @@ coordinates; the files may write them as floats.
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
+import defusedxml.ElementTree as SafeET
 import numpy as np
+from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
 
 from pathodet.data.io import atomic_write_text
 
@@ -57,7 +59,7 @@ class VocAnnotation:
     issues: list[str] = field(default_factory=list)
 
 
-def _number(node: ET.Element | None, tag: str) -> float:
+def _number(node: Element | None, tag: str) -> float:
     if node is None:
         raise ValueError("missing <bndbox>")
     child = node.find(tag)
@@ -69,6 +71,36 @@ def _number(node: ET.Element | None, tag: str) -> float:
     return value
 
 
+def parse_xml(raw: bytes, path: str | os.PathLike[str]) -> Element:
+    """Parse untrusted XML with ``defusedxml``: a document type declaration (DTD), entity
+    declarations and external references are refused, so neither an external entity (XXE,
+    e.g. ``<!ENTITY x SYSTEM "file:///etc/passwd">``) nor nested entities (billion laughs)
+    are ever expanded. Annotation files need none of them.
+
+    Raises:
+        AnnotationError: malformed XML, or XML declaring a DTD or entities; the message
+            names ``path``.
+    """
+    try:
+        return SafeET.fromstring(raw, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DTDForbidden as exc:
+        raise AnnotationError(
+            path,
+            f"refused: the XML declares a DTD (<!DOCTYPE {exc.name}>); DTDs and entities are "
+            "refused in annotation files (they allow external-entity and billion-laughs attacks)",
+        ) from None
+    except EntitiesForbidden as exc:
+        raise AnnotationError(
+            path, f"refused: the XML declares entity {exc.name!r}; DTDs and entities are refused"
+        ) from None
+    except DefusedXmlException as exc:
+        raise AnnotationError(
+            path, f"refused: {exc}; DTDs, entities and external references are refused"
+        ) from None
+    except SafeET.ParseError as exc:
+        raise AnnotationError(path, f"malformed XML: {exc}") from exc
+
+
 def read_voc(path: str | os.PathLike[str]) -> VocAnnotation:
     """Parse a VOC XML file.
 
@@ -76,8 +108,11 @@ def read_voc(path: str | os.PathLike[str]) -> VocAnnotation:
     non-numeric coordinates are skipped and listed in ``issues``; geometric checks
     (``xmin >= xmax``, outside the image) are the caller's, who knows the image size.
 
+    The XML is parsed with :func:`parse_xml`: DTDs and entities are refused.
+
     Raises:
-        AnnotationError: the file cannot be read or is not well-formed XML.
+        AnnotationError: the file cannot be read, is not well-formed XML, or declares a
+            DTD or entities.
     """
     path = Path(path)
     try:
@@ -86,10 +121,7 @@ def read_voc(path: str | os.PathLike[str]) -> VocAnnotation:
         raise AnnotationError(path, f"cannot read annotation: {exc.strerror or exc}") from exc
     if not raw.strip():
         return VocAnnotation(None, None, np.zeros((0, 4), np.float32))
-    try:
-        root = ET.fromstring(raw)
-    except ET.ParseError as exc:
-        raise AnnotationError(path, f"malformed XML: {exc}") from exc
+    root = parse_xml(raw, path)
 
     width = height = None
     size = root.find("size")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pathodet.data.predictions import PredictionsError, read_predictions
+from pathodet.data.predictions import read_predictions
 from pathodet.eval.metrics import curve, evaluate, per_image
 from pathodet.eval.report import write_report
 from pathodet.eval.truth import load_truth
@@ -27,12 +27,7 @@ def run_evaluate(
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"IoU threshold must be in (0, 1], got {iou_threshold}")
     gt = load_truth(data, removed, full)
-    preds = read_predictions(predictions)
-    unknown = sorted(set(preds) - set(gt.truth))
-    if unknown:
-        raise PredictionsError(
-            f"{predictions}: {len(unknown)} image(s) not in {data}, e.g. {unknown[0]!r}"
-        )
+    preds = read_predictions(predictions, images=gt.truth)  # an unknown image names its line
     metrics = evaluate(preds, gt.truth, iou_threshold, gt.removed, gt.full)
     metrics["problems"] = [p.as_dict() for p in gt.problems]
     _, recall, nfp = curve(preds, gt.truth, iou_threshold)
