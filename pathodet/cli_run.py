@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -11,9 +12,6 @@ import typer
 
 from pathodet.cli_util import fail, progress_bar, slide_progress, user_errors
 from pathodet.config import load_config
-
-RESUMABLE_KEYS = {"train.epochs", "train.num_workers", "train.threads", "train.device",
-                  "train.checkpoint_every", "train.log_every"}  # fmt: skip
 
 
 def train_cmd(
@@ -35,7 +33,7 @@ def train_cmd(
     from pathodet.config import parse_overrides
     from pathodet.engine.checkpoint import CheckpointError
     from pathodet.engine.dist import env_dist_info
-    from pathodet.engine.run_dir import CONFIG_FILE
+    from pathodet.engine.run_dir import CONFIG_FILE, RESUMABLE_KEYS
     from pathodet.engine.train import RunExists, TrainingDiverged, train
     from pathodet.eval.validation import tile_metrics
 
@@ -66,6 +64,10 @@ def train_cmd(
             fail(str(exc))
         except TrainingDiverged as exc:
             fail(str(exc), code=3)
+        except OSError as exc:  # a full disk: the last checkpoint written is intact
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            fail(f"{exc}\nfree some space, then continue with: pathodet train --resume {run_dir}")
     if env_dist_info().is_main:
         typer.echo(json.dumps(summary))
 

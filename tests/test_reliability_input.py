@@ -438,6 +438,7 @@ def test_batch_with_one_good_image_and_every_bad_one(checkpoint, tmp_path, monke
     assert set(problems) == set(bad)
     for name, msg in bad.items():
         assert name in problems[name] and msg in problems[name], name
+        assert problems[name].count(name) == 1, problems[name]  # the path is given once
     # the good image has every output, the bad ones none (not even a temporary file)
     for sub, ext in (("xml", "xml"), ("geojson", "geojson"), ("overlays", "png")):
         assert sorted(p.name for p in (out / sub).iterdir()) == [f"good.{ext}"]

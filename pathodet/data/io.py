@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: Path, patterns: Iterable[str]) -> int:
+    """Delete the temporary files a writer killed mid-write left (``.NAME.*.tmp``, from
+    :func:`atomic_write_bytes`): every match of the glob ``patterns`` under ``folder``.
+    Returns how many were removed."""
+    removed = 0
+    for pattern in patterns:
+        for tmp in Path(folder).glob(pattern):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

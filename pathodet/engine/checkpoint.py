@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,46 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+def _load_problem(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line.
+
+    torch's own message for a refused object advises loading with ``weights_only=False``,
+    which would run the object's code: it is replaced by what the object is.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if unsafe:
+            return (
+                f"refused: it holds a Python object ({unsafe.group(1)}) that could run code "
+                "when loaded; a pathodet checkpoint holds only tensors and plain values"
+            )
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        detail = [
+            x for x in lines if not any(k in x.lower() for k in ("weights_only", "weights only"))
+        ]
+        return f"not a loadable checkpoint (not a torch file, or damaged: {(detail or ['?'])[0]})"
+    first = text.splitlines()[0] if text else ""
+    return f"not a loadable checkpoint ({type(exc).__name__}: {first})"
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus format and version) atomically to ``path``."""
+    """Write ``state`` (plus format and version) atomically to ``path``.
+
+    Raises:
+        OSError: the file could not be written (a full disk, say): same ``errno``, the
+            message names ``path``; a checkpoint already at ``path`` is left as it was.
+    """
+    path = Path(path)
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    try:
+        return atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        kept = "the previous one is kept" if path.is_file() else "nothing was written"
+        raise OSError(
+            exc.errno, f"{path}: checkpoint not written ({exc.strerror or exc}); {kept}"
+        ) from exc
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -58,10 +95,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(
-            f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
-        ) from None
+        raise CheckpointError(f"{path}: {_load_problem(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a pathodet checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:

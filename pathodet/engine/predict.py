@@ -162,7 +162,9 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             return {"index": i, "image": read_image(self.paths[i])}
         except Exception as exc:  # one bad file must not stop the batch
-            return {"index": i, "error": f"{self.paths[i]}: {exc}"}
+            text = str(exc)  # read_image's errors already start with the path
+            named = text.startswith(str(self.paths[i]))
+            return {"index": i, "error": text if named else f"{self.paths[i]}: {text}"}
 
 
 def _as_is(item: dict) -> dict:

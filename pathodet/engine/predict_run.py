@@ -9,9 +9,10 @@ Writes into ``out``::
     problems.json              images that could not be read, with the reason
     predict.json               the settings and checkpoint of the run
 
-Per-image files are written atomically as each image finishes, and ``predictions.csv`` at
-the end from them, so a killed run that is started again with the same settings skips the
-images already done.
+Per-image files are written atomically as each image finishes, its GeoJSON last (it marks
+the image done), and ``predictions.csv`` at the end from them, so a killed run that is
+started again with the same settings skips the images already done and removes the
+temporary files the kill left.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
-from pathodet.data.io import atomic_write_image, atomic_write_text
+from pathodet.data.io import atomic_write_image, atomic_write_text, remove_stale_temps
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, write_predictions
 from pathodet.data.voc import write_voc
@@ -81,6 +82,17 @@ def _fingerprint(checkpoint: Path, settings: PredictSettings) -> dict:
     return {**checkpoint_fingerprint(checkpoint), **asdict(settings)}
 
 
+OUT_FILES = ("predictions.csv", "problems.json", "predict.json")
+OUT_FOLDERS = ("xml", "geojson", "overlays")
+
+
+def remove_temp_files(out: Path) -> None:
+    """Delete the temporary files (``.NAME.*.tmp``) that a run killed mid-write left in the
+    files and folders :func:`run_predict` writes."""
+    patterns = [f".{name}.*.tmp" for name in OUT_FILES] + [f"{d}/.*.tmp" for d in OUT_FOLDERS]
+    remove_stale_temps(out, patterns)
+
+
 def run_predict(
     checkpoint: Path,
     inputs: Sequence[str | os.PathLike[str]],
@@ -97,6 +109,7 @@ def run_predict(
     dev = pick_device(device, env_dist_info())
     model.to(dev)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out)
     fp = _fingerprint(Path(checkpoint), settings)
     state_file = out / "predict.json"
     same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
@@ -105,7 +118,11 @@ def run_predict(
     def geo(p: Path) -> Path:
         return out / "geojson" / f"{p.stem}.geojson"
 
-    done = {i for i, p in enumerate(paths) if same and geo(p).is_file()}
+    def overlay(p: Path) -> Path:
+        return out / "overlays" / f"{p.stem}.png"
+
+    done = {i for i, p in enumerate(paths)
+            if same and geo(p).is_file() and (not overlays or overlay(p).is_file())}  # fmt: skip
     todo = [p for i, p in enumerate(paths) if i not in done]
     problems: dict[str, str] = {}
     for k, (i, result, rgb) in enumerate(detect_files(model, todo, settings, dev, num_workers)):
@@ -116,10 +133,11 @@ def run_predict(
             h, w = rgb.shape[:2]
             write_voc(out / "xml" / f"{path.stem}.xml", path.name, w, h, result.boxes,
                       result.scores)  # fmt: skip
-            write_geojson(geo(path), result.boxes, result.scores, path.name)
             if overlays:
                 img = draw_boxes(rgb, result.boxes, (255, 40, 40))
-                atomic_write_image(out / "overlays" / f"{path.stem}.png", img)
+                atomic_write_image(overlay(path), img)
+            # last: an image with its GeoJSON is done (a killed run skips it when resumed)
+            write_geojson(geo(path), result.boxes, result.scores, path.name)
         if progress:
             progress(len(done) + k + 1, len(paths))
     preds: dict[str, ImagePredictions] = {}

@@ -4,11 +4,14 @@ checkpoint names (see :mod:`pathodet.engine.train` for the whole folder)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from pathodet.config import Config, same_config
 from pathodet.data.io import atomic_write_text
+from pathodet.engine.checkpoint import CheckpointError
 
 CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 
@@ -28,6 +31,47 @@ def absolute_paths(cfg: Config) -> Config:
     if dc.teacher is not None:
         dc.teacher = Path(dc.teacher).absolute()
     return cfg
+
+
+RESUMABLE_KEYS = frozenset({"train.epochs", "train.num_workers", "train.threads",
+                            "train.device", "train.checkpoint_every", "train.log_every"})  # fmt: skip
+"""Config keys a resumed run may change: how long and where it runs, not what it learns."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def config_changes(saved: Config, cfg: Config) -> list[str]:
+    """The dotted config keys whose values differ between ``saved`` and ``cfg``, except
+    :data:`RESUMABLE_KEYS` (sorted)."""
+    a, b = _flat(saved.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                  and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS))  # fmt: skip
+
+
+def check_resume_config(checkpoint: Path, state: dict, cfg: Config) -> None:
+    """Refuse to resume ``cfg`` from a checkpoint written by another config.
+
+    Raises:
+        CheckpointError: naming ``checkpoint`` and the keys that differ.
+    """
+    try:
+        saved = Config.model_validate_json(state["config"])
+    except (KeyError, TypeError, ValidationError):
+        raise CheckpointError(f"{checkpoint}: its stored config is missing or invalid") from None
+    changed = config_changes(saved, cfg)
+    if changed:
+        raise CheckpointError(
+            f"{checkpoint}: written by another config ({', '.join(changed[:6])}"
+            f"{', ...' if len(changed) > 6 else ''} differ); a resumed run may only change "
+            f"{', '.join(sorted(RESUMABLE_KEYS))}; start a new run with --out instead"
+        )
 
 
 def can_resume(run_dir: Path, cfg: Config) -> bool:

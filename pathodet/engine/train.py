@@ -29,6 +29,7 @@ import torch
 
 from pathodet.config import Config
 from pathodet.data.augment import ColourView, TileAugment
+from pathodet.data.io import remove_stale_temps
 from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -53,7 +54,13 @@ from pathodet.engine.distill import DISTILL_KEYS, Distiller, distill_losses
 from pathodet.engine.logs import MetricsLog
 from pathodet.engine.prior import score_prior
 from pathodet.engine.progress import TrainProgress
-from pathodet.engine.run_dir import BEST, LAST, absolute_paths, save_run_config
+from pathodet.engine.run_dir import (
+    BEST,
+    LAST,
+    absolute_paths,
+    check_resume_config,
+    save_run_config,
+)
 from pathodet.engine.step import autocast, backward, collate, collate_pseudo, loss_and_gradients
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import build_retinanet
@@ -123,7 +130,9 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
         if resume:
-            self._restore(load_checkpoint(self.run_dir / LAST))
+            state = load_checkpoint(self.run_dir / LAST)
+            check_resume_config(self.run_dir / LAST, state, self.cfg)
+            self._restore(state)
         self.net = wrap_ddp(self.model, self.device, self.info, resolved)
         self.sampler = APNPBatchSampler(
             self.data.ap, self.data.np, tc.batch_size, tc.ap_fraction, tc.seed,
@@ -150,8 +159,7 @@ class Trainer:
         self.progress = progress and self.info.is_main
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for tmp in self.run_dir.glob(".*.pt.*.tmp"):  # left by a run killed mid-write
-                tmp.unlink(missing_ok=True)
+            remove_stale_temps(self.run_dir, [".*.pt.*.tmp"])  # left by a run killed mid-write
             save_run_config(self.cfg, self.run_dir)
             # resuming before the epoch-end validation: its rows at this step are redone
             at_end = resume and self.batch >= self.sampler.batches_per_epoch()

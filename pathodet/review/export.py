@@ -16,7 +16,8 @@
 * ``export.json``: what was written; written last.
 
 Every file is written atomically, and the export only writes inside ``out``: a killed
-export run again completes with nothing duplicated.
+export run again completes with nothing duplicated, and removes the temporary files that
+the kill left.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pathodet.data.digestpath import NEG_DIR, POS_DIR
-from pathodet.data.io import atomic_write_text, link_or_copy
+from pathodet.data.io import atomic_write_text, link_or_copy, remove_stale_temps
 from pathodet.data.voc import write_voc
 from pathodet.eval.matching import iou_matrix
 from pathodet.review.cases import Case
@@ -71,8 +72,17 @@ def _feature(d: Decision) -> dict:
     }
 
 
+def remove_temp_files(out: Path) -> None:
+    """Delete the temporary files (``.NAME.*.tmp``, ``.NAME.link.tmp``) that an export killed
+    mid-write left in the files and folders :func:`export_reviews` writes."""
+    patterns = (".hard_negatives.csv.*.tmp", ".export.json.*.tmp", f"{POS_DIR}/.*.tmp",
+                f"{NEG_DIR}/.*.tmp", "slides/.*.tmp")  # fmt: skip
+    remove_stale_temps(out, patterns)
+
+
 def export_reviews(store: ReviewStore, run: str, cases: list[Case], out: Path) -> dict:
     """Write the reviewed copy of ``cases`` (see the module docstring); returns the report."""
+    remove_temp_files(out)
     by_case: dict[str, list[Decision]] = {}
     for d in store.decisions(run):
         by_case.setdefault(d.case_name, []).append(d)
