@@ -378,6 +378,31 @@ def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_pa
     assert losses(broken) == losses(full)
 
 
+def test_train_cli_on_a_full_disk_says_how_to_resume_in_one_line(data, tmp_path, monkeypatch):
+    """``pathodet train`` on a full disk: exit 2, one line naming last.pt and the resume
+    command, no traceback; the checkpoint of the previous step is intact."""
+    real_write = checkpoint_mod.atomic_write_bytes
+    calls = {"last": 0}
+
+    def write(path, data_: bytes):
+        if Path(path).name == "last.pt":
+            calls["last"] += 1
+            if calls["last"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data_)
+
+    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", write)
+    run = tmp_path / "run"
+    sets = [x for kv in tiny(data) for x in ("--set", kv)]
+    res = CliRunner().invoke(app, ["train", str(REPO / "configs/focal.yaml"), "--out", str(run),
+                                   "--quiet", *sets])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert "last.pt: checkpoint not written (No space left on device)" in res.output
+    assert f"pathodet train --resume {run}" in res.output
+    assert load_checkpoint(run / "last.pt")["step"] == 1
+
+
 # ---------------------------------------------------------------- 3. SIGKILL in predict
 
 

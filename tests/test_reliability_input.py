@@ -556,3 +556,20 @@ def test_evaluate_refuses_predictions_for_images_not_in_the_data(make_root, tmp_
         run_evaluate(root, p, tmp_path / "ev")
     assert str(info.value).startswith(f"{p}:3: image 'not-there.jpeg' is not in the dataset")
     assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_two_images_with_one_stem_are_refused_before_anything_is_written(tmp_path):
+    """``a.jpeg`` and ``a.png`` would both write ``xml/a.xml``: refused, naming both."""
+    from pathodet.engine.predict_run import list_images
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "a.jpeg").write_bytes(image_bytes(40, 40, seed=1))
+    (imgs / "a.png").write_bytes(image_bytes(40, 40, seed=2, fmt="PNG"))
+    (imgs / "b.png").write_bytes(image_bytes(40, 40, seed=3, fmt="PNG"))
+    with pytest.raises(
+        ValueError, match=r"two images named a\.\*: .*a\.(jpeg|png) and .*a\.(png|jpeg)"
+    ):
+        list_images([imgs])
+    (imgs / "a.png").unlink()
+    assert [p.name for p in list_images([imgs])] == ["a.jpeg", "b.png"]

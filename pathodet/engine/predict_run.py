@@ -60,12 +60,16 @@ def list_images(
             paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     skip = {Path(p).resolve() for p in exclude}
     seen: dict[str, Path] = {}
+    stems: dict[str, Path] = {}  # per-image outputs are named by stem: xml/<stem>.xml
     for p in paths:
         if p.resolve() in skip:
             continue
         if p.name in seen and seen[p.name] != p:
             raise ValueError(f"two images named {p.name}: {seen[p.name]} and {p}")
-        seen[p.name] = p
+        if p.stem in stems and stems[p.stem].name != p.name:
+            raise ValueError(f"two images named {p.stem}.*: {stems[p.stem]} and {p} would "
+                             f"write the same outputs; rename one")  # fmt: skip
+        seen[p.name], stems[p.stem] = p, p
     if not seen and not skip:
         raise ValueError(f"no images in {', '.join(map(str, inputs))}")
     return list(seen.values())
