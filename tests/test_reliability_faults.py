@@ -147,7 +147,7 @@ def detector_checkpoint(path: Path, *sets: str) -> Path:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The tiny training set of test_train.py."""
+    """The tiny training set of test_train.py (same generator call, so the same images)."""
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_dataset(root, positive=4, negative=4, size=512, seed=3, images_per_slide=1)
     return root
@@ -338,13 +338,9 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(where, tmp_path, m
     assert sorted(os.listdir(tmp_path)) == ["last.pt"], "no temporary file is left"
 
 
-def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_path, monkeypatch):
-    """ENOSPC at the second last.pt write (step 2): the run stops with the error, last.pt
-    still holds step 1, and resuming from it ends where an undisturbed run ends."""
-    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))  # 2 epochs x 3 steps
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    train(cfg, full, progress=False, log=lambda m: None)
-
+def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
+    """The second write of a ``last.pt`` finds the disk full: half of it written, then
+    ENOSPC (``half_written``), or ENOSPC at once."""
     real_write = checkpoint_mod.atomic_write_bytes
     calls = {"last": 0}
 
@@ -352,12 +348,24 @@ def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_pa
         if Path(path).name == "last.pt":
             calls["last"] += 1
             if calls["last"] == 2:
+                if not half_written:
+                    raise OSError(errno.ENOSPC, "No space left on device")
                 with pytest.MonkeyPatch.context() as mp:
                     fill_disk(mp, "write")
                     return real_write(path, data_)
         return real_write(path, data_)
 
     monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", write)
+
+
+def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_path, monkeypatch):
+    """ENOSPC at the second last.pt write (step 2): the run stops with the error, last.pt
+    still holds step 1, and resuming from it ends where an undisturbed run ends."""
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))  # 2 epochs x 3 steps
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(cfg, full, progress=False, log=lambda m: None)
+
+    disk_full_at_second_last_pt(monkeypatch, half_written=True)
     with pytest.raises(OSError, match=r"last\.pt: checkpoint not written") as exc:
         train(cfg, broken, progress=False, log=lambda m: None)
     assert exc.value.errno == errno.ENOSPC
@@ -381,17 +389,7 @@ def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_pa
 def test_train_cli_on_a_full_disk_says_how_to_resume_in_one_line(data, tmp_path, monkeypatch):
     """``pathodet train`` on a full disk: exit 2, one line naming last.pt and the resume
     command, no traceback; the checkpoint of the previous step is intact."""
-    real_write = checkpoint_mod.atomic_write_bytes
-    calls = {"last": 0}
-
-    def write(path, data_: bytes):
-        if Path(path).name == "last.pt":
-            calls["last"] += 1
-            if calls["last"] == 2:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(path, data_)
-
-    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", write)
+    disk_full_at_second_last_pt(monkeypatch, half_written=False)
     run = tmp_path / "run"
     sets = [x for kv in tiny(data) for x in ("--set", kv)]
     res = CliRunner().invoke(app, ["train", str(REPO / "configs/focal.yaml"), "--out", str(run),
