@@ -293,7 +293,8 @@ def bench_losses(
     synthetic data; resumable: rerun the same command to continue."""
     import shlex
 
-    from pathodet.bench.losses import LossBenchSettings, quick_settings, run_losses
+    from pathodet.bench.losses import LossBenchSettings, run_losses
+    from pathodet.bench.losses_methods import quick_settings
     from pathodet.bench.losses_report import report
 
     base = quick_settings() if quick else LossBenchSettings()

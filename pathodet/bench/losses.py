@@ -34,13 +34,18 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from pydantic import Field, model_validator
-
+from pathodet.bench.losses_methods import (
+    METHODS,
+    PRIOR_METHOD,
+    TEACHER_METHOD,
+    LossBenchSettings,
+)
 from pathodet.bench.pudet import (
     PU_METHODS,
+    pool_prior,
     prepare_pool,
     pu_config,
     purify_result,
@@ -52,99 +57,14 @@ from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, w
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
-from pathodet.demo.settings import NMS_IOU, SplitSizes, config_for_steps, demo_config
+from pathodet.demo.settings import config_for_steps, demo_config
 from pathodet.engine.logs import read_metrics
 from pathodet.engine.predict import PredictSettings
 from pathodet.engine.predict_run import run_predict
 from pathodet.engine.run_dir import BEST, LAST, absolute_paths, can_resume
 from pathodet.engine.train import train
 from pathodet.eval.run import run_evaluate
-
-COMINING = "train.comining.enabled=true"
-ORIGINAL = "train.comining.attribute_aware=false"
-
-
-@dataclass(frozen=True)
-class Method:
-    """One compared method: its label in the report, its loss and extra config overrides."""
-
-    label: str
-    loss: str
-    overrides: tuple[str, ...] = ()
-
-
-METHODS: dict[str, Method] = {
-    "ce": Method("CE", "ce"),
-    "focal": Method("focal", "focal"),
-    "ghm": Method("GHM-C", "ghm"),
-    "sce": Method("SCE", "sce"),
-    "dghm": Method("DGHM-C", "dghm"),
-    "dghm_star": Method("DGHM-C*", "dghm_star"),
-    "oss": Method("OSS (all negatives)", "oss"),
-    "oss_ap": Method("OSS (AP negatives)", "oss", ("loss.soft_sampling.ap_only=true",)),
-    "score_ss": Method("score SS", "score_ss"),
-    "cleanliness": Method("cleanliness", "cleanliness"),
-    "comining": Method("co-mining (focal)", "focal", (COMINING,)),
-    "comining_orig": Method("co-mining (focal, original)", "focal", (COMINING, ORIGINAL)),
-    "comining_dghm": Method("co-mining (DGHM-C)", "dghm", (COMINING,)),
-    "comining_dghm_orig": Method("co-mining (DGHM-C, original)", "dghm", (COMINING, ORIGINAL)),
-    "joint_dghm": Method("Joint (DGHM-C)", "dghm", (COMINING, "train.comining.mine=false")),
-    "pudet": Method("PUDet student (PU-selected)", "dghm"),
-    "pudet_random": Method("PUDet student (random, U^R)", "dghm"),
-}
-"""Config name -> method. Score soft sampling's first-round detector is the focal run of the
-same drop rate and seed, so ``focal`` runs before ``score_ss``. Co-mining runs with
-attribute-aware mining (nothing mined in NP tiles) and as the paper's original (mining
-everywhere); 'Joint' is the paper's control: the two views without co-generation. The
-PUDet students (:mod:`pathodet.bench.pudet`) learn from the DGHM-C run of the same drop
-rate and seed (their teacher) and the pool tiles it pseudo-labeled."""
-
-PRIOR_METHOD = "focal"
-TEACHER_METHOD = "dghm"
-
-
-class LossBenchSettings(SplitSizes):
-    """Everything the benchmark varies and fixes; defaults are the committed benchmark's."""
-
-    seeds: list[int] = Field([0, 1], min_length=1, description="training seeds")
-    drop_rates: list[float] = Field([0.0, 0.3, 0.5, 0.7], min_length=1)
-    methods: list[str] = Field(list(METHODS), min_length=1)
-    steps: int = Field(200, ge=1, description="training steps per run")
-    image_size: int = Field(800, ge=256, description="image side, pixels")
-    data_seed: int = Field(0, description="seed of the synthetic data and of the dropping")
-    nms_iou: float = Field(NMS_IOU, gt=0, le=1, description="prediction NMS IoU")
-    overrides: list[str] = Field(
-        [], description="config overrides for every run (e.g. train.lr=0.001)"
-    )
-    pool_positive: int = Field(8, ge=1, description="PU pool: images with SRCs")
-    pool_negative: int = Field(16, ge=1, description="PU pool: images without")
-    pu_steps: int = Field(300, ge=1, description="PU classifier steps")
-    pu_prior_steps: int = Field(150, ge=1, description="P-vs-U steps estimating pi_p")
-
-    @model_validator(mode="after")
-    def _check(self) -> LossBenchSettings:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods repeat: {self.methods}")
-        if (
-            "score_ss" in self.methods
-            and PRIOR_METHOD not in self.methods[: self.methods.index("score_ss")]
-        ):
-            raise ValueError("score_ss needs the focal run (its prior) listed before it")
-        bad = [r for r in self.drop_rates if not 0.0 <= r < 1.0]
-        if bad:
-            raise ValueError(f"drop rates must be in [0, 1), got {bad}")
-        return self
-
-
-def quick_settings() -> LossBenchSettings:
-    """``--quick``: a smoke run of every stage (minutes, not meaningful numbers)."""
-    return LossBenchSettings(
-        seeds=[0], drop_rates=[0.0, 0.5], methods=["focal", "dghm", "score_ss"], steps=6,
-        train_positive=4, train_negative=4, test_positive=2, test_negative=2, image_size=512,
-    )  # fmt: skip
+from pathodet.purify.classifier import PUConfig
 
 
 def rate_name(rate: float) -> str:
@@ -160,6 +80,25 @@ def purify_dir(out: Path, seed: int, rate: float, method: str) -> Path:
     return out / "runs" / f"seed{seed}" / rate_name(rate) / f"purify-{PU_METHODS[method]}"
 
 
+def purify_settings(
+    out: Path, s: LossBenchSettings, seed: int, rate: float, method: str
+) -> tuple[PUConfig, dict]:
+    """A PUDet student's purification settings and the stamp that makes them current: the
+    PU config, the teacher's config and the pool. Makes the pool when missing."""
+    teacher = run_dir(out, seed, rate, TEACHER_METHOD)
+    if not (teacher / "result.json").is_file():
+        run_one(out, s, seed, rate, TEACHER_METHOD, keep=True)
+    pool = prepare_pool(
+        out / "data", s.pool_positive, s.pool_negative, s.image_size, s.data_seed + 2000
+    )
+    prior = pool_prior(pool, 512) if s.pu_prior == "truth" else None
+    cfg = pu_config(512, 256, s.pu_steps, s.pu_prior_steps, seed, prior)
+    teacher_cfg = json.loads((teacher / "result.json").read_text())["config"]
+    params = {"pu": cfg.model_dump(mode="json"), "teacher": teacher_cfg,
+              "pool": [s.pool_positive, s.pool_negative, s.image_size, s.data_seed]}  # fmt: skip
+    return cfg, params
+
+
 def prepare_purified(out: Path, s: LossBenchSettings, seed: int, rate: float, method: str) -> dict:
     """The teacher (retrained when its checkpoint was removed) and the purified tiles of a
     PUDet student; returns the purification summary. The random control selects as many
@@ -168,12 +107,8 @@ def prepare_purified(out: Path, s: LossBenchSettings, seed: int, rate: float, me
     if not (teacher / LAST).is_file():
         (teacher / "result.json").unlink(missing_ok=True)
         run_one(out, s, seed, rate, TEACHER_METHOD, keep=True)
-    data = out / "data"
-    pool = prepare_pool(data, s.pool_positive, s.pool_negative, s.image_size, s.data_seed + 2000)
-    cfg = pu_config(512, 256, s.pu_steps, s.pu_prior_steps, seed)
-    teacher_cfg = json.loads((teacher / "result.json").read_text())["config"]
-    params = {"pu": cfg.model_dump(mode="json"), "teacher": teacher_cfg,
-              "pool": [s.pool_positive, s.pool_negative, s.image_size, s.data_seed]}  # fmt: skip
+    cfg, params = purify_settings(out, s, seed, rate, method)
+    data, pool = out / "data", out / "data" / "pool-images"
     pu = purify_stage(purify_dir(out, seed, rate, "pudet"), data / rate_name(rate), pool,
                       teacher / LAST, cfg, params)  # fmt: skip
     if PU_METHODS[method] == "pu":
@@ -317,13 +252,14 @@ def run_one(
     folder = run_dir(out, seed, rate, method)
     result_file = folder / "result.json"
     pu = method in PU_METHODS
+    stamp = purify_settings(out, s, seed, rate, method)[1] if pu else None
     if pu and not (result_file.is_file() and purify_dir(out, seed, rate, method).is_dir()):
         prepare_purified(out, s, seed, rate, method)  # the student's data: before its config
     cfg = bench_config(out, s, seed, rate, method)
     config = cfg.model_dump(mode="json")
     if result_file.is_file():
         done = json.loads(result_file.read_text())
-        if same_config(done.get("config"), cfg):
+        if same_config(done.get("config"), cfg) and done.get("purify_settings") == stamp:
             return done
     purified = prepare_purified(out, s, seed, rate, method) if pu else None
     if method == "score_ss" and not (run_dir(out, seed, rate, PRIOR_METHOD) / LAST).is_file():
@@ -347,6 +283,7 @@ def run_one(
         **metrics,
         "mining": run_mining(folder),
         "purify": None if purified is None else purify_result(purified),
+        "purify_settings": stamp,
         "config": config,
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))

@@ -24,7 +24,8 @@ from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.purify.classifier import PUConfig
-from pathodet.purify.run import SUMMARY, run_purify
+from pathodet.purify.pool import pool_tiles
+from pathodet.purify.run import SUMMARY, purification_truth, run_purify
 
 PU_METHODS = {"pudet": "pu", "pudet_random": "random"}
 """Bench method -> purification selection."""
@@ -52,8 +53,20 @@ def prepare_pool(data: Path, positive: int, negative: int, size: int, seed: int)
     return flat
 
 
-def pu_config(tile: int, stride: int, steps: int, prior_steps: int, seed: int) -> PUConfig:
-    return PUConfig(tile=tile, stride=stride, steps=steps, prior_steps=prior_steps, seed=seed)
+def pool_prior(pool_images: Path, tile: int) -> float:
+    """The pool's true ``pi_p``: the share of its ``tile``-pixel tiles holding an SRC (at
+    least half of one), from the pool's full annotations."""
+    pool, _ = pool_tiles(pool_images, tile)
+    truth = pool_images.parent / "pool" / FULL_DIR
+    return purification_truth(truth, pool, [], None, tile)["pool_prior"]
+
+
+def pu_config(
+    tile: int, stride: int, steps: int, prior_steps: int, seed: int, prior: float | None
+) -> PUConfig:
+    """The bench's purification settings; ``prior=None`` has the classifier estimate it."""
+    return PUConfig(tile=tile, stride=stride, steps=steps, prior_steps=prior_steps, seed=seed,
+                    prior=prior)  # fmt: skip
 
 
 def purify_stage(
