@@ -161,6 +161,10 @@ def test_purify_writes_a_ranked_selection_pseudo_labels_and_its_precision(world,
     scores = [float(r["score"]) for r in ranking]
     assert scores == sorted(scores, reverse=True)
     assert sum(int(r["selected"]) for r in ranking) == 5
+    # the learned-or-not check: the pool's share of positive logits, from ranking.csv
+    shares = summary["classifier"]
+    assert shares["pool_scored_positive"] == pytest.approx(np.mean(np.array(scores) > 0))
+    assert 0.0 <= shares["positives_scored_positive"] <= 1.0
     selected = list(csv.DictReader((out / "selected.csv").open()))
     assert [r["rank"] for r in selected] == ["1", "2", "3", "4", "5"]
     for r in selected:  # the written tile is the pool tile, pixel for pixel
@@ -291,3 +295,13 @@ def test_student_trains_on_pseudo_tiles_with_distillation_and_resumes(world, tmp
         torch.testing.assert_close(a["model"][k], b["model"][k])
     for k in a["adapters"]:
         torch.testing.assert_close(a["adapters"][k], b["adapters"][k])
+
+
+def test_separation_shares_by_hand():
+    """Positive logits: 2 of 4 positives, 1 of 3 pool tiles; g = 0 is not positive."""
+    from pathodet.purify.run import separation
+
+    got = separation(np.array([0.5, -1.0, 2.0, 0.0]), np.array([-3.0, 0.1, -0.2]))
+    assert got == {"positives_scored_positive": 0.5, "pool_scored_positive": pytest.approx(1 / 3)}
+    assert separation(np.zeros(0), np.zeros(0)) == {"positives_scored_positive": 0.0,
+                                                    "pool_scored_positive": 0.0}  # fmt: skip

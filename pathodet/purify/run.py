@@ -97,6 +97,17 @@ def _truth_boxes(truth: Path, source: Path, cache: dict) -> np.ndarray:
     return cache[source]
 
 
+def separation(g_positive: np.ndarray, g_pool: np.ndarray) -> dict[str, float]:
+    """Did the classifier learn? The share of the labeled positive tiles (which it trained
+    on) and of the pool tiles with logit ``g > 0``. A classifier that collapsed onto the
+    trivial all-negative solution of the PU risk (risk = pi_p) scores its own positives
+    negative."""
+    return {
+        "positives_scored_positive": float(np.mean(g_positive > 0)) if len(g_positive) else 0.0,
+        "pool_scored_positive": float(np.mean(g_pool > 0)) if len(g_pool) else 0.0,
+    }
+
+
 def pseudo_label(
     teacher: Path, tiles: list[np.ndarray], cfg: PUConfig
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -149,6 +160,12 @@ def run_purify(
             for k in range(0, len(pool), 64)
         ])  # fmt: skip
         prior = info["prior"]
+        info.update(separation(score(net, positives, cfg), scores))
+        if info["positives_scored_positive"] < 0.5:
+            log(f"warning: the PU classifier calls only {info['positives_scored_positive']:.0%} "
+                "of its own positive tiles positive: it has not learned what a positive tile "
+                "looks like, and its ranking is close to arbitrary (compare with --selection "
+                "random; try more --steps or a better teacher)")  # fmt: skip
     else:
         scores = rng.random(len(pool))
         prior = cfg.prior
