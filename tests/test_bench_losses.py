@@ -319,3 +319,41 @@ def test_gradient_shares_at_initialisation_follow_from_the_prior(tiny, init_chec
     r0 = gradient_shares(init_checkpoint, out / "data" / rate_name(0.0), full, ("ce",),
                          n_ap=8, n_np=8)  # fmt: skip
     assert r0["anchors"]["AP_N missed"] == 0
+
+
+def test_pu_students_get_the_pool_prior_and_retrain_when_purification_changes(tmp_path):
+    """The PUDet methods on a tiny bench. Pool images are one tile each (~480 px images,
+    512 px tiles), so the true pi_p is the share of pool images with an SRC in their full
+    annotations; both selections take round(pi_p x pool) tiles. Changing the PU settings
+    redoes the students; their teacher, whose checkpoint was removed when they were done,
+    is retrained to the same result."""
+    s = LossBenchSettings(
+        seeds=[0], drop_rates=[0.5], methods=["dghm", "pudet", "pudet_random"], steps=2,
+        train_positive=3, train_negative=2, test_positive=1, test_negative=1, image_size=480,
+        pool_positive=2, pool_negative=3, pu_steps=2,
+    )  # fmt: skip
+    results = {r["method"]: r for r in run_losses(tmp_path, s, log=lambda _: None)}
+    pool = tmp_path / "data" / "pool"
+    stems = sorted(p.stem for p in (tmp_path / "data" / "pool-images").iterdir())
+    with_src = [st for st in stems if (pool / FULL_DIR / f"{st}.xml").is_file()
+                and len(read_voc(pool / FULL_DIR / f"{st}.xml").boxes) > 0]  # fmt: skip
+    prior = len(with_src) / len(stems)
+    assert len(stems) == 5 and 0 < prior < 1
+    for m in ("pudet", "pudet_random"):
+        p = results[m]["purify"]
+        assert p["prior"] == pytest.approx(prior) and not p["prior_estimated"]
+        assert p["pool_prior"] == pytest.approx(prior)
+        assert p["pool_tiles"] == 5 and p["selected"] == round(prior * 5)
+        assert results[m]["purify_settings"]["pu"]["prior"] == pytest.approx(prior)
+    assert results["pudet"]["purify"]["selection"] == "pu"
+    assert results["pudet_random"]["purify"]["selection"] == "random"
+
+    files = {m: run_dir(tmp_path, 0, 0.5, m) / "result.json" for m in results}
+    before = {m: f.stat().st_mtime_ns for m, f in files.items()}
+    redone = run_losses(tmp_path, s.model_copy(update={"pu_steps": 3}), log=lambda _: None)
+    after = {m: f.stat().st_mtime_ns for m, f in files.items()}
+    assert after["pudet"] != before["pudet"] and after["pudet_random"] != before["pudet_random"]
+    assert after["dghm"] != before["dghm"]  # retrained for the new purification ...
+    teacher = json.loads(files["dghm"].read_text())
+    assert teacher["test"] == results["dghm"]["test"]  # ... to the same result
+    assert [r["purify_settings"]["pu"]["steps"] for r in redone if r["purify"]] == [3, 3]

@@ -101,8 +101,8 @@ def purify_settings(
 
 def prepare_purified(out: Path, s: LossBenchSettings, seed: int, rate: float, method: str) -> dict:
     """The teacher (retrained when its checkpoint was removed) and the purified tiles of a
-    PUDet student; returns the purification summary. The random control selects as many
-    tiles as the PU classifier did."""
+    PUDet student (:func:`purify_settings`); returns the purification summary. The random
+    control selects as many tiles as the PU classifier did."""
     teacher = run_dir(out, seed, rate, TEACHER_METHOD)
     if not (teacher / LAST).is_file():
         (teacher / "result.json").unlink(missing_ok=True)
@@ -253,15 +253,17 @@ def run_one(
     result_file = folder / "result.json"
     pu = method in PU_METHODS
     stamp = purify_settings(out, s, seed, rate, method)[1] if pu else None
+    purified = None
     if pu and not (result_file.is_file() and purify_dir(out, seed, rate, method).is_dir()):
-        prepare_purified(out, s, seed, rate, method)  # the student's data: before its config
+        purified = prepare_purified(out, s, seed, rate, method)  # the data: before the config
     cfg = bench_config(out, s, seed, rate, method)
     config = cfg.model_dump(mode="json")
     if result_file.is_file():
         done = json.loads(result_file.read_text())
         if same_config(done.get("config"), cfg) and done.get("purify_settings") == stamp:
             return done
-    purified = prepare_purified(out, s, seed, rate, method) if pu else None
+    if pu and purified is None:
+        purified = prepare_purified(out, s, seed, rate, method)
     if method == "score_ss" and not (run_dir(out, seed, rate, PRIOR_METHOD) / LAST).is_file():
         raise FileNotFoundError(
             f"score_ss at {rate_name(rate)} seed {seed} needs the focal run's {LAST}; it was "

@@ -28,10 +28,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pathodet.data.digestpath import NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text, link_or_copy, remove_stale_temps
+from pathodet.data.samples import image_size
 from pathodet.data.voc import write_voc
 from pathodet.eval.matching import iou_matrix
 from pathodet.review.cases import Case
@@ -119,8 +119,7 @@ def export_reviews(store: ReviewStore, run: str, cases: list[Case], out: Path) -
         if not target.exists():
             link_or_copy(case.path, target)
         if attribute == "AP":
-            with Image.open(case.path) as im:
-                w, h = im.size
+            w, h = image_size(case.path, verify=False)  # header only, under the pixel guard
             write_voc(folder / f"{Path(case.name).stem}.xml", case.name, w, h, boxes, None)
             report["added_boxes"] += int(len(boxes) - len(case.annotated))
         report["images"] += 1
