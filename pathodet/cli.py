@@ -39,11 +39,25 @@ app.command("evaluate")(evaluate_cmd)
 
 @app.callback(invoke_without_command=True)
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Torch CPU threads (default: the cores this process may use, shared among "
+            "the local ranks under torchrun). Give each of two jobs on one machine half.",
+        ),
+    ] = None,
 ) -> None:
     if version:
         typer.echo(__version__)
         raise typer.Exit()
+    if ctx.invoked_subcommand is not None:
+        from pathodet.core.machine import configure_threads
+
+        configure_threads(threads)
 
 
 @data_app.command("summary")
@@ -225,9 +239,18 @@ def demo(
         Path, typer.Option(help="Output folder (only the demo's own files are overwritten).")
     ] = Path("demo-output"),
     budget_minutes: Annotated[
-        float, typer.Option(help="Wall-clock budget on a 2-core CPU; sets the training steps.")
+        float,
+        typer.Option(
+            help="Wall-clock budget; the training steps follow from this machine's measured speed."
+        ),
     ] = 20.0,
     seed: Annotated[int, typer.Option(help="Seed of data, folds and training.")] = 0,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32), fp32 or bf16.")
+    ] = "auto",
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps per model (skips the speed measurement).")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """The whole mission on synthetic data: synthesize, train DGHM-C and focal, evaluate,
@@ -235,8 +258,23 @@ def demo(
     from pathodet.demo import DemoSettings, run_demo
 
     with user_errors():
-        settings = DemoSettings(seed=seed, budget_minutes=budget_minutes)
+        settings = DemoSettings(
+            seed=seed, budget_minutes=budget_minutes, precision=precision, steps=steps
+        )
         run_demo(out, settings, echo=typer.echo, progress=not quiet)
+
+
+@bench_app.command("share")
+def bench_share(
+    out: Annotated[Path, typer.Option(help="Folder for share.json/.md.")] = Path("docs/benchmarks"),
+    steps: Annotated[int, typer.Option(min=1, help="Training steps each process runs.")] = 20,
+) -> None:
+    """Two pathodet processes started together: each one's slowdown over running alone,
+    with pathodet's thread settings and with torch's spinning default."""
+    from pathodet.bench.share import run_share
+
+    with user_errors():
+        run_share(out, steps, log=lambda m: typer.echo(m, err=True))
 
 
 @bench_app.command("speed")
@@ -392,17 +430,21 @@ def bench_loss_overhead(
     batch: Annotated[int, typer.Option(help="Tiles per step.")] = 8,
     size: Annotated[int, typer.Option(help="Tile side, pixels.")] = 600,
     repeats: Annotated[int, typer.Option(help="Timed steps per loss.")] = 5,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "bf16",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32), fp32 or bf16.")
+    ] = "auto",
     losses: Annotated[
         str, typer.Option(help="Comma-separated losses to compare with focal.")
     ] = "ce,ghm,sce,dghm,dghm_star,oss,cleanliness",
 ) -> None:
     """Time a training step with each loss against focal loss on the same batch."""
     from pathodet.bench.loss_overhead import measure
+    from pathodet.core.machine import machine_record, resolve_precision
     from pathodet.data.io import atomic_write_text
 
-    if precision not in ("fp32", "bf16"):
-        fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16"):
+        fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    precision = resolve_precision(precision)
     result = measure(
         [n.strip() for n in losses.split(",") if n.strip()],
         batch=batch,
@@ -410,6 +452,7 @@ def bench_loss_overhead(
         repeats=repeats,
         precision=precision,  # type: ignore[arg-type]
     )
+    result["machine"] = machine_record(precision)
     text = json.dumps(result, indent=2)
     atomic_write_text(out / "loss-overhead.json", text + "\n")
     typer.echo(text)

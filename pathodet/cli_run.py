@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -85,7 +84,9 @@ def predict_cmd(
     nms_iou: Annotated[
         float, typer.Option(help="Suppress a detection overlapping a better one this much.")
     ] = 0.5,
-    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32), fp32 or bf16 (autocast).")
+    ] = "auto",
     workers: Annotated[int, typer.Option(help="Image-decoding / tile-reading processes.")] = 1,
     overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs (images).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -114,6 +115,7 @@ def predict_cmd(
     Under ``torchrun --nproc_per_node N -m pathodet predict ...`` the slides, or with
     --split tiles the windows of each slide, are shared among the processes.
     """
+    from pathodet.core.machine import resolve_precision
     from pathodet.engine.checkpoint import CheckpointError, load_detector
     from pathodet.engine.dist import DistInfo, init_distributed, pick_device, shutdown
     from pathodet.engine.predict import PredictSettings, retinanet_detector
@@ -121,24 +123,20 @@ def predict_cmd(
     from pathodet.slides.plan import SlideSettings
     from pathodet.slides.run import run_slides, slide_inputs
 
-    if precision not in ("fp32", "bf16"):
-        fail(f"--precision must be fp32 or bf16, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16"):
+        fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     if split not in ("slides", "tiles"):
         fail(f"--split must be slides or tiles, got {split!r}")
     with user_errors():
         for item in inputs:
             if not item.exists():
                 raise FileNotFoundError(f"{item}: no such file or folder")
-        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold, nms_iou)  # type: ignore[arg-type]
         slide_paths = slide_inputs(inputs, force=slides)
         images = [] if slides else list_images(inputs, exclude=slide_paths)
         dist = init_distributed(pick_device(device, DistInfo()))
         dev = pick_device(device, dist)
-        if dist.distributed and dev.type == "cpu":
-            import torch
-
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        precision = resolve_precision(precision, dev)
+        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold, nms_iou)  # type: ignore[arg-type]
         summary: dict = {}
         try:
             if images and dist.is_main:  # images are not shared among ranks

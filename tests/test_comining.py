@@ -245,7 +245,7 @@ def _tiny(root: Path, **extra: str) -> list[str]:
     sets = {
         "data.root": str(root), "data.num_folds": "4", "data.tiling.tile_size": "256",
         "data.tiling.stride": "256", "model.fpn_channels": "32", "train.epochs": "1",
-        "train.batch_size": "4", "train.augment.crop": "192", "train.precision": "bf16",
+        "train.batch_size": "4", "train.augment.crop": "192", "train.precision": "auto",
         "train.num_workers": "0", "train.max_steps_per_epoch": "2", "train.log_every": "1",
         "train.val_tiles": "4", "train.val_batch_size": "2", **extra,
     }  # fmt: skip

@@ -6,42 +6,58 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pathodet.cli import app
 from pathodet.config import load_config
+from pathodet.core.machine import machine_record
 from pathodet.demo import DemoSettings, run_demo
+from pathodet.demo.calibrate import LADDER_RATIO, measure_speed
 from pathodet.demo.progress import DemoProgress
 from pathodet.demo.report import operating_threshold
+from pathodet.demo.run import machine_speed
 from pathodet.demo.settings import (
     BUDGET_USE,
-    FIXED_SECONDS,
     LOSSES,
-    STEP_SECONDS,
     demo_config,
+    fixed_seconds,
     schedule,
+    step_seconds,
 )
 from pathodet.eval.metrics import froc_curve
 
 # -- budget and schedule -------------------------------------------------------------------
 
+FAST = {"step_seconds": 0.35, "window_seconds": 0.4}  # bf16 on AMX (measured)
+SLOW = {"step_seconds": 1.28, "window_seconds": 1.1}  # fp32 on AVX2 kernels (measured)
 
-def test_default_budget_plans_within_twenty_minutes_with_margin():
+
+@pytest.mark.parametrize("speed", [FAST, SLOW])
+def test_budget_plans_within_twenty_minutes_at_the_measured_speed(speed):
     s = DemoSettings()
-    steps = s.train_steps()
-    # the plan: fixed work + both models' steps at the nominal step time
-    planned = FIXED_SECONDS + len(LOSSES) * steps * STEP_SECONDS
-    assert s.planned_seconds() == pytest.approx(planned)
+    steps = s.train_steps(speed)
+    # the plan: fixed work + both models' steps at the measured step time
+    planned = fixed_seconds(speed) + len(LOSSES) * steps * step_seconds(speed)
+    assert s.planned_seconds(speed) == pytest.approx(planned)
     assert planned <= 20 * 60 * BUDGET_USE + 1e-6
-    # and uses what the budget allows: one more step per model would not fit
-    assert FIXED_SECONDS + len(LOSSES) * (steps + 1) * STEP_SECONDS > 20 * 60 * BUDGET_USE
+    # and uses what the budget allows: the next rung of the ladder would not fit
+    bigger = round(steps * LADDER_RATIO) + 1
+    assert fixed_seconds(speed) + len(LOSSES) * bigger * step_seconds(speed) > 20 * 60 * BUDGET_USE
+
+
+def test_a_slower_machine_trains_fewer_steps_in_the_same_budget():
+    s = DemoSettings()
+    assert s.train_steps(SLOW) < s.train_steps(FAST)
+    ratio = s.train_steps(FAST) / s.train_steps(SLOW)
+    assert 2.5 < ratio < 5.5  # about the step-time ratio (3.7), within the ladder's rounding
 
 
 def test_steps_grow_with_the_budget_and_an_explicit_count_wins():
-    counts = [DemoSettings(budget_minutes=m).train_steps() for m in (5, 10, 20, 40)]
+    counts = [DemoSettings(budget_minutes=m).train_steps(FAST) for m in (5, 10, 20, 40)]
     assert counts == sorted(counts) and len(set(counts)) == 4
-    assert DemoSettings(budget_minutes=0.1).train_steps() == 20  # the floor
-    assert DemoSettings(budget_minutes=20, steps=7).train_steps() == 7
+    assert DemoSettings(budget_minutes=0.1).train_steps(FAST) == 20  # the floor
+    assert DemoSettings(budget_minutes=20, steps=7).train_steps(SLOW) == 7
     with pytest.raises(ValueError, match="budget_minutes"):
         DemoSettings(budget_minutes=0)
 
@@ -174,7 +190,17 @@ def test_tiny_demo_writes_every_stage(tiny):
     for ref in [s.split("](", 1)[1].split(")")[0] for s in report.split("![")[1:]]:
         assert (out / ref).is_file(), ref
     assert (out / "overlays" / "ap-1.png").is_file() and (out / "overlays" / "np-1.png").is_file()
-    assert json.loads((out / "demo.json").read_text())["steps"] == 6
+    doc = json.loads((out / "demo.json").read_text())
+    assert doc["steps"] == 6
+    # the precision and the CPU it ran with are recorded, in demo.json and each checkpoint
+    native = machine_record()["bf16_native"]
+    assert doc["precision"] == ("bf16" if native else "fp32")
+    assert doc["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert not doc["speed"]["measured"]  # the steps were given: nothing measured
+    state = torch.load(out / "runs" / "dghm" / "last.pt", weights_only=True)
+    assert state["machine"]["precision"] == doc["precision"]
+    assert state["machine"]["cpu_model"] == doc["machine"]["cpu_model"]
+    assert doc["machine"]["cpu_model"] in report and doc["precision"] in report
     command = [line for line in lines if "pathodet review" in line]
     assert command and f"--data {out / 'data' / 'test'}" in command[0]
     assert f"--predictions {out / 'predictions' / 'dghm'}" in command[0]
@@ -231,3 +257,27 @@ def test_cli_demo_refuses_a_bad_budget(tmp_path):
     assert res.exit_code == 2
     assert "budget_minutes" in res.output
     assert not (tmp_path / "data").exists()
+
+
+def test_calibration_measures_this_machine_without_touching_the_runs_random_state(tmp_path):
+    s = DemoSettings(tile=256)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    cfg = demo_config(tmp_path, "dghm", 0, 1, [])
+    speed = measure_speed(cfg, "auto", s.tile, steps=1)
+    assert torch.equal(torch.rand(3), expected)  # the calibration consumed no random numbers
+    assert speed["step_seconds"] > 0 and speed["window_seconds"] > 0
+    assert speed["calibration_seconds"] >= speed["step_seconds"]
+
+
+def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path):
+    s = DemoSettings(tile=256, budget_minutes=20)
+    said = []
+    first = machine_speed(tmp_path, s, "fp32", said.append)
+    again = machine_speed(tmp_path, s, "fp32", said.append)
+    assert first["measured"] and not first["reused"] and again["reused"]
+    assert again["step_seconds"] == first["step_seconds"]  # the same steps on a re-run
+    assert s.train_steps(again) == s.train_steps(first)
+    assert (tmp_path / "calibration.json").is_file()
+    assert not machine_speed(tmp_path, DemoSettings(steps=5), "fp32", said.append)["measured"]

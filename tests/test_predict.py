@@ -98,7 +98,7 @@ def trained(tmp_path_factory) -> Path:
         "data.root": data, "data.num_folds": 4, "data.tiling.tile_size": 256,
         "data.tiling.stride": 128, "model.fpn_channels": 32, "loss.name": "focal",
         "train.epochs": 1, "train.batch_size": 4, "train.augment.crop": 192,
-        "train.precision": "bf16", "train.num_workers": 0, "train.max_steps_per_epoch": 40,
+        "train.precision": "auto", "train.num_workers": 0, "train.max_steps_per_epoch": 40,
         "train.lr": 3e-4, "train.checkpoint_every": 0, "train.val_tiles": 2,
     }  # fmt: skip
     cfg = load_config(REPO / "configs/focal.yaml", [f"{k}={v}" for k, v in sets.items()])
@@ -130,7 +130,7 @@ def _contained_pairs(boxes: np.ndarray) -> int:
 
 def test_same_boxes_whatever_the_tile_size(trained, big_image):
     model, _ = load_detector(trained)
-    low = dict(score_threshold=0.001, precision="bf16", max_per_image=5000)
+    low = dict(score_threshold=0.001, precision="auto", max_per_image=5000)
     whole = detect_image(model, big_image, PredictSettings(tile=2016, overlap=0, **low), CPU)
     assert len(whole.scores) >= 200, "the detector should fire somewhere"
     t_hi = float(np.sort(whole.scores)[::-1][199])  # the 200 most confident detections

@@ -144,7 +144,7 @@ def world(tmp_path_factory) -> dict:
 
 def _tiny_pu(**kw) -> PUConfig:
     return PUConfig(tile=256, stride=256, scale=0.25, steps=4, prior_steps=3, batch_size=4,
-                    precision="bf16", **kw)  # fmt: skip
+                    precision="auto", **kw)  # fmt: skip
 
 
 def test_purify_writes_a_ranked_selection_pseudo_labels_and_its_precision(world, tmp_path):

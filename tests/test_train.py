@@ -40,7 +40,7 @@ def tiny(root: Path, **extra: str) -> list[str]:
         "train.batch_size": "4",
         "train.augment.crop": "192",
         "train.milestones": "[1]",
-        "train.precision": "bf16",
+        "train.precision": "auto",
         "train.num_workers": "0",
         "train.max_steps_per_epoch": "3",
         "train.checkpoint_every": "1",

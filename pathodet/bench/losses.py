@@ -196,8 +196,9 @@ def bench_config(out: Path, s: LossBenchSettings, seed: int, rate: float, method
 
 
 def predict_settings(s: LossBenchSettings) -> PredictSettings:
-    """Whole images in one window (they are smaller than 1024 px), bf16, the demo's NMS."""
-    return PredictSettings(tile=1024, overlap=128, batch_size=2, precision="bf16",
+    """Whole images in one window (they are smaller than 1024 px), bf16 where native, the
+    demo's NMS."""
+    return PredictSettings(tile=1024, overlap=128, batch_size=2, precision="auto",
                            nms_iou=s.nms_iou)  # fmt: skip
 
 
@@ -282,6 +283,7 @@ def run_one(
         "method": method, "label": METHODS[method].label, "rate": rate, "seed": seed,
         "steps": summary["steps"], "train_seconds": t1 - t0,
         "eval_seconds": time.perf_counter() - t1, "resumed": resume, "commit": git_commit(),
+        "machine": summary.get("machine"),  # precision and CPU of the training
         **metrics,
         "mining": run_mining(folder),
         "purify": None if purified is None else purify_result(purified),

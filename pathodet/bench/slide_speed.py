@@ -122,9 +122,14 @@ def _child(args: list[str]) -> dict:
 def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path | None,
               batch_size: int = 4, workers: int = 1, tile: int = 1024,
               log=print) -> dict:  # noqa: ANN001  # fmt: skip
-    """Synthesize each ``(width, height, tissue_fraction)`` slide and measure fp32 and bf16."""
+    """Synthesize each ``(width, height, tissue_fraction)`` slide and measure fp32, and bf16
+    where it is native (emulated bf16 is ~50x slower and not measured)."""
+    from pathodet.core.machine import machine_line, machine_record
     from pathodet.data.synth.slide import write_synthetic_slide
 
+    machine = machine_record()
+    log(f"machine: {machine_line(machine)}")
+    precisions = ("fp32", "bf16") if machine["bf16_native"] else ("fp32",)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w, h, frac in sizes:
@@ -132,7 +137,7 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
             t0 = time.perf_counter()
             write_synthetic_slide(slide, w, h, seed=1, tissue_fraction=frac)
             log(f"synthesized {slide.name} in {time.perf_counter() - t0:.0f} s")
-            for precision in ("fp32", "bf16"):
+            for precision in precisions:
                 args = [str(slide), precision, str(batch_size), str(workers), str(tile),
                         str(checkpoint or "")]  # fmt: skip
                 row = _child(args)
@@ -140,7 +145,8 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
                                                     "tissue_mpx_per_s", "outside_forward",
                                                     "peak_rss_gb")}))  # fmt: skip
                 rows.append(row)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
+              "machine": machine}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "slide-speed.json", json.dumps(result, indent=1))
     atomic_write_text(out / "slide-speed.md", report_md(result))
@@ -148,10 +154,15 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
 
 
 def report_md(result: dict) -> str:
+    from pathodet.core.machine import machine_line
+
+    machine = result.get("machine")
     lines = [
         "# Whole-slide throughput and memory (this CPU)",
         "",
-        f"torch {result['torch']}, {result['threads']} threads. Each row is one child process "
+        f"torch {result['torch']}, {result['threads']} threads"
+        + (f", {machine_line(machine)}" if machine else "")
+        + ". Each row is one child process "
         "running `run_slides` on one synthetic slide; ratios within a table come from one run.",
         "",
         "| slide (level 0) | precision | windows | tissue Mpx | wall s | tissue Mpx/s | "

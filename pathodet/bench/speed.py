@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pathodet.bench.slide_speed import timed_detector
+from pathodet.core.machine import machine_line, machine_record
 from pathodet.data.io import atomic_write_text
 from pathodet.engine.predict import PredictSettings, detect_image
 from pathodet.model.retinanet import SRCRetinaNet
@@ -154,13 +155,20 @@ def run_speed(
     from pathodet.engine.checkpoint import load_detector
 
     out.mkdir(parents=True, exist_ok=True)
+    machine = machine_record()
+    log(f"machine: {machine_line(machine)}")
+    # bf16 is measured only where it is native: emulated, it is ~50x slower and says nothing
+    precisions = ("fp32", "bf16") if machine["bf16_native"] else ("fp32",)
+    if not machine["bf16_native"]:
+        log(f"bf16 not measured: {machine['bf16_reason']}")
+    native = precisions[-1]
     result: dict = {"threads": torch.get_num_threads(), "commit": git_commit(),
-                    "command": "pathodet bench speed"}  # fmt: skip
+                    "command": "pathodet bench speed", "machine": machine}  # fmt: skip
     log("matrix-multiply peaks")
-    result["matmul_gflops"] = {"fp32": matmul_peak(torch.float32),
-                               "bf16": matmul_peak(torch.bfloat16)}  # fmt: skip
-    log("training step per loss (batch 8, 600 px, bf16, paper model)")
-    result["train_step"] = measure(list(losses), precision="bf16", repeats=3)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    result["matmul_gflops"] = {p: matmul_peak(dtypes[p]) for p in precisions}
+    log(f"training step per loss (batch 8, 600 px, {native}, paper model)")
+    result["train_step"] = measure(list(losses), precision=native, repeats=3)
     if checkpoint is not None:
         model, _ = load_detector(checkpoint)
         result["model"] = str(checkpoint)
@@ -175,14 +183,14 @@ def run_speed(
     result["inference"] = []
     for tile in tiles:
         flops = window_flops(model, tile)
-        for precision in ("fp32", "bf16"):
+        for precision in precisions:
             log(f"inference: {tile}-px windows, {precision}")
             r = image_inference(model, rgb, tile, precision)
             r["gflops_per_window"] = flops / 1e9
             r["achieved_gflops"] = flops * r["windows"] / r["forward_s"] / 1e9
             r["share_of_peak"] = r["achieved_gflops"] / result["matmul_gflops"][precision]["peak"]
             result["inference"].append(r)
-    if checkpoint is not None and test_root is not None:
+    if checkpoint is not None and test_root is not None and "bf16" in precisions:
         log("FROC: fp32 against bf16 prediction")
         import tempfile
 
@@ -196,6 +204,7 @@ def run_speed(
 def speed_md(r: dict) -> str:
     """The markdown report of :func:`run_speed`'s result."""
     ts = r["train_step"]
+    machine = r.get("machine")
     lines = [
         "# Speed",
         "",
@@ -203,9 +212,17 @@ def speed_md(r: dict) -> str:
         f"one run on this machine, {r['threads']} torch threads; every ratio below is between "
         "figures of the same run.",
         "",
+        f"Machine: {machine_line(machine) if machine else 'not recorded'}."
+        + (
+            ""
+            if not machine or machine["bf16_native"]
+            else f" bf16 not measured: {machine['bf16_reason']}."
+        ),
+        "",
         "## Training step per loss (relative to focal)",
         "",
-        f"Batch {ts['setting']['batch']}, {ts['setting']['size']} px, bf16, the paper's model "
+        f"Batch {ts['setting']['batch']}, {ts['setting']['size']} px, "
+        f"{ts['setting']['precision']}, the paper's model "
         "(256-channel FPN), median of 3 alternating rounds.",
         "",
         "| loss | step (s) | ratio to focal |",
@@ -214,6 +231,10 @@ def speed_md(r: dict) -> str:
     for name, s in ts["step_s"].items():
         lines.append(f"| {name} | {s:.3f} | {ts['step_ratio_to_focal'][name]:.3f} |")
     mm = r["matmul_gflops"]
+    peaks = ", ".join(
+        f"{p} {m['peak']:.0f} GFLOP/s (mm {m['mm']:.0f}, 1x1 conv {m['conv1x1']:.0f})"
+        for p, m in mm.items()
+    )
     lines += [
         "",
         "## Image inference",
@@ -221,10 +242,7 @@ def speed_md(r: dict) -> str:
         f"Model: {r['model']}. A synthetic image, the production path (`detect_image`: "
         "windows, per-window postprocess, whole-image NMS). Matrix-multiply peak of this CPU "
         "in the same run, 2048 x 2048 products, the better of `torch.mm` (MKL) and a 1x1 "
-        f"convolution (oneDNN): fp32 {mm['fp32']['peak']:.0f} GFLOP/s (mm "
-        f"{mm['fp32']['mm']:.0f}, 1x1 conv {mm['fp32']['conv1x1']:.0f}), bf16 "
-        f"{mm['bf16']['peak']:.0f} GFLOP/s (mm {mm['bf16']['mm']:.0f}, 1x1 conv "
-        f"{mm['bf16']['conv1x1']:.0f}).",
+        f"convolution (oneDNN): {peaks}.",
         "",
         "| window | precision | Mpx/s | outside the forward | GFLOP/s achieved | share of "
         "the matmul peak |",

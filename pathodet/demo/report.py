@@ -135,8 +135,9 @@ def write_report(out: Path, result: dict) -> Path:
         "# pathodet demo",
         "",
         f"Synthetic DigestPath-like data (seed {s['seed']}), both models trained from scratch "
-        f"for {result['steps']} steps each on {result['machine']['cpus']} CPU core(s). The "
-        f"whole demo took {result['seconds']['end_to_end'] / 60:.1f} min end to end"
+        f"for {result['steps']} steps each in {result.get('precision', 'fp32')}. "
+        + _speed_text(result)
+        + f" The whole demo took {result['seconds']['end_to_end'] / 60:.1f} min end to end"
         + (
             f" (this run {result['seconds']['total'] / 60:.1f} min, reusing earlier training)"
             if any(tr[k]["resumed"] for k in tr)
@@ -176,7 +177,8 @@ def write_report(out: Path, result: dict) -> Path:
     lines += [
         "",
         "Each model is the final checkpoint of a fixed schedule (no selection on held-out "
-        f"data); windows of {s['tile']} px, bf16, NMS at IoU {s['nms_iou']:g}. Per-model "
+        f"data); windows of {s['tile']} px, {result.get('precision', 'fp32')}, NMS at IoU "
+        f"{s['nms_iou']:g}. Per-model "
         "reports: `predictions/<loss>/eval/report.md`.",
         "",
         "![FROC of both models on the test split](froc.png)",
@@ -197,6 +199,24 @@ def write_report(out: Path, result: dict) -> Path:
               review_command(out), "```", ""]  # fmt: skip
     text = "\n".join(lines)
     return atomic_write_text(out / "report.md", text)
+
+
+def _speed_text(result: dict) -> str:
+    """Where the run happened and how its step count was chosen."""
+    m, sp = result["machine"], result.get("speed") or {}
+    where = (f"Machine: {m.get('cpu_model', '?')}, torch CPU capability "
+             f"{m.get('cpu_capability', '?')} ({'native' if m.get('bf16_native') else 'no native'}"
+             f" bf16), {m['cpus']} core(s).")  # fmt: skip
+    recipe = result.get("recipe", "full")
+    where += f" Recipe: {recipe}" + (" (64-channel FPN and head)." if recipe == "light" else ".")
+    if not sp.get("measured"):
+        return where + " The step count was given (no speed measurement)."
+    return where + (
+        f" Measured before training: {sp['step_seconds']:.3f} s per training step and "
+        f"{sp['window_seconds']:.3f} s per {result['settings']['tile']}-px prediction window, "
+        f"which set {result['steps']} steps for the {result['settings']['budget_minutes']:g}-"
+        "minute budget."
+    )
 
 
 def _slide_lines(out: Path, result: dict) -> list[str]:

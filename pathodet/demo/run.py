@@ -32,14 +32,25 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from pathodet.core.machine import machine_line, machine_record, resolve_precision
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import truth_path, write_synthetic_slide
+from pathodet.demo.calibrate import calibrated_speed, measure_speed
 from pathodet.demo.progress import DemoProgress
 from pathodet.demo.report import operating_threshold, review_command, write_report
-from pathodet.demo.settings import LOSSES, STEP_SECONDS, DemoSettings, config_for_steps, demo_config
+from pathodet.demo.settings import (
+    LOSSES,
+    MIN_FULL_STEPS,
+    NOMINAL_SPEED,
+    RECIPES,
+    DemoSettings,
+    config_for_steps,
+    demo_config,
+    step_seconds,
+)
 from pathodet.engine.checkpoint import load_detector
 from pathodet.engine.dist import DistInfo, pick_device
 from pathodet.engine.predict import PredictSettings, retinanet_detector
@@ -58,16 +69,50 @@ from pathodet.slides.run import run_slides
 SLIDE_NAME = "demo-slide.tiff"
 
 
-def _stages(settings: DemoSettings) -> list[tuple[str, str, float]]:
-    """``(key, label, planned seconds)`` of every stage, in order."""
-    steps = settings.train_steps()
+def _stages(steps: int, speed: dict) -> list[tuple[str, str, float]]:
+    """``(key, label, planned seconds)`` of every stage, in order, at the measured speed."""
+    window = 2.0 * speed["window_seconds"]  # forward, reading and postprocessing
     return [
         ("synth", "synthesize data", 20.0),
-        *[(f"train_{k}", f"train {label}", steps * STEP_SECONDS) for k, label in LOSSES.items()],
-        ("evaluate", "predict + evaluate", 40.0),
-        ("slide", "whole slide", 50.0),
+        *[
+            (f"train_{k}", f"train {label}", steps * step_seconds(speed))
+            for k, label in LOSSES.items()
+        ],  # fmt: skip
+        ("evaluate", "predict + evaluate", 15.0 + 48 * window),
+        ("slide", "whole slide", 10.0 + 40 * window),
         ("report", "report", 10.0),
     ]
+
+
+def machine_speed(
+    out: Path, s: DemoSettings, precision: str, echo: Callable[[str], None], recipe: str = "full"
+) -> dict:
+    """This machine's speed on a demo ``recipe`` (:mod:`pathodet.demo.calibrate`), measured
+    once per output folder and machine; nominal figures when ``s.steps`` fixes the steps."""
+    if s.steps is not None:
+        return {**NOMINAL_SPEED, "measured": False}
+    cfg = demo_config(out / "data" / "train", "dghm", s.seed, 1, [], s.folds, RECIPES[recipe])
+    key = {"recipe": recipe, "precision": precision, "tile": s.tile,
+           "model": cfg.model.model_dump(mode="json"),
+           "crop": cfg.train.augment.crop, "batch": cfg.train.batch_size}  # fmt: skip
+    echo(f"measuring this machine's speed on the {recipe} demo recipe (a few throwaway steps)")
+    speed = calibrated_speed(out, key, lambda: measure_speed(cfg, precision, s.tile))
+    return {**speed, "measured": True}
+
+
+def choose_recipe(
+    out: Path, s: DemoSettings, precision: str, echo: Callable[[str], None]
+) -> tuple[str, dict]:
+    """``(recipe, speed)``: ``s.recipe``, or with ``auto`` the full recipe when the budget
+    gives it at least :data:`MIN_FULL_STEPS` steps on this machine, else the light one."""
+    recipe = "full" if s.recipe == "auto" else s.recipe
+    speed = machine_speed(out, s, precision, echo, recipe)
+    if s.recipe == "auto" and speed["measured"] and s.train_steps(speed) < MIN_FULL_STEPS:
+        echo(f"the full recipe fits {s.train_steps(speed)} steps (< {MIN_FULL_STEPS}) in "
+             f"{s.budget_minutes:g} min here: using the light one ({' '.join(RECIPES['light'])})")  # fmt: skip
+        recipe = "light"
+        speed = machine_speed(out, s, precision, echo, recipe)
+    return recipe, speed
 
 
 def synthesize(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
@@ -85,12 +130,23 @@ def synthesize(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -
     return {"train": train["totals"], "test": test["totals"]}
 
 
-def train_model(out: Path, loss: str, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
-    """Train one model for about ``s.train_steps()`` steps; resumes an identical earlier run."""
+def train_model(
+    out: Path,
+    loss: str,
+    s: DemoSettings,
+    steps: int,
+    recipe: str,
+    update: Callable[[int, int], None],
+) -> dict:
+    """Train one model with ``recipe`` for about ``steps`` steps; resumes an identical
+    earlier run."""
     root = out / "data" / "train"
+    extra = [*RECIPES[recipe], f"train.precision={s.precision}"]
     cfg = config_for_steps(
-        lambda epochs, milestones: demo_config(root, loss, s.seed, epochs, milestones, s.folds),
-        s.train_steps(),
+        lambda epochs, milestones: demo_config(
+            root, loss, s.seed, epochs, milestones, s.folds, extra
+        ),
+        steps,
     )
     run_dir = out / "runs" / loss
     resume = can_resume(run_dir, cfg)
@@ -122,7 +178,7 @@ def train_model(out: Path, loss: str, s: DemoSettings, update: Callable[[int, in
 
 def _settings(s: DemoSettings) -> PredictSettings:
     return PredictSettings(
-        tile=s.tile, overlap=128, batch_size=2, precision="bf16", nms_iou=s.nms_iou
+        tile=s.tile, overlap=128, batch_size=2, precision=s.precision, nms_iou=s.nms_iou
     )
 
 
@@ -200,21 +256,29 @@ def run_demo(
     out = Path(out)
     s = settings or DemoSettings()
     out.mkdir(parents=True, exist_ok=True)
-    steps = s.train_steps()
+    t0 = time.perf_counter()
+    precision = resolve_precision(s.precision, "cpu", log=echo)
+    s = s.model_copy(update={"precision": precision})
+    machine = machine_record(precision)
+    echo(f"machine: {machine_line(machine)}; precision {precision}")
+    recipe, speed = choose_recipe(out, s, precision, echo)
+    steps = s.train_steps(speed)
+    plan = s.planned_seconds(speed)
     echo(
         f"pathodet demo into {out}: seed {s.seed}, {steps} training steps per model "
-        f"(budget {s.budget_minutes:g} min; about {s.planned_seconds() / 60:.0f} min planned "
-        "on a 2-core CPU)"
-    )
-    t0 = time.perf_counter()
-    result: dict = {"settings": s.model_dump(), "steps": steps}
-    with DemoProgress(_stages(s), enabled=progress) as bar:
+        + (f"(budget {s.budget_minutes:g} min; measured {speed['step_seconds']:.2f} s per step"
+           f"{', reused' if speed.get('reused') else ''}; about {plan / 60:.0f} min planned)"
+           if speed["measured"] else "(fixed)")
+    )  # fmt: skip
+    result: dict = {"settings": s.model_dump(), "steps": steps, "speed": speed,
+                    "precision": precision, "recipe": recipe}  # fmt: skip
+    with DemoProgress(_stages(steps, speed), enabled=progress) as bar:
         result["data"] = synthesize(out, s, bar.start("synth", "images"))
         bar.finish("synth")
         result["training"] = {}
         for loss in LOSSES:
             key = f"train_{loss}"
-            tr = train_model(out, loss, s, bar.start(key, "steps"))
+            tr = train_model(out, loss, s, steps, recipe, bar.start(key, "steps"))
             result["training"][loss] = tr
             bar.finish(key, f"{tr['steps']} steps" + (", reused" if tr["resumed"] else ""))
         result["evaluation"] = ev = evaluate_models(out, s, bar.start("evaluate", "images"))
@@ -224,7 +288,7 @@ def run_demo(
         bar.finish("slide", sl.get("error") or f"{sl['detections']} SRC detections")
         bar.start("report", "files")
         result["seconds"] = _seconds(bar.seconds, time.perf_counter() - t0, result["training"])
-        result["machine"] = {"cpus": _cpus(), "platform": platform.platform()}
+        result["machine"] = {**machine, "cpus": machine["cores"], "platform": platform.platform()}
         write_report(out, result)
         bar.finish("report")
     result["seconds"] = _seconds(bar.seconds, time.perf_counter() - t0, result["training"])
@@ -255,9 +319,3 @@ def _headline(result: dict) -> str:
     t = result["seconds"]
     return (f"held-out {_frocs(result['evaluation'])}; {t['total'] / 60:.1f} min "
             f"({t['end_to_end'] / 60:.1f} min end to end)")  # fmt: skip
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,9 +1,10 @@
 """What the demo runs: data sizes, the training recipe, and the time budget turned into steps.
 
-The budget is converted into a number of training steps with the nominal speed of the
-2-core CPU the project is developed on (:data:`STEP_SECONDS`), so a given ``(seed,
-budget_minutes)`` always trains the same number of steps and gives the same result. A
-slower machine takes longer; the progress bars show the real ETA.
+The budget is converted into a number of training steps with this machine's measured
+speed (:mod:`pathodet.demo.calibrate`: a few steps of the recipe on a throwaway model, and
+one prediction window, before anything is trained). The step count is rounded down onto a
+coarse ladder and the measurement is kept in the output folder, so a given ``(seed,
+budget_minutes)`` on one machine trains the same number of steps and gives the same result.
 """
 
 from __future__ import annotations
@@ -11,29 +12,51 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from pathodet.config import Config, load_config
 from pathodet.data.config import Strict
 from pathodet.data.sampler import APNPBatchSampler
+from pathodet.demo.calibrate import ladder_steps
 from pathodet.engine.data import training_data
 
-STEP_SECONDS = 0.40
-"""Nominal seconds per training step of :func:`demo_config` (batch 8, 256-px crops, bf16)
-on the development machine (2 cores): 0.35-0.38 s measured, plus a margin."""
+TRAINER_OVERHEAD = 1.2
+"""A step inside the trainer (data loading, validation each epoch, checkpoints every 50
+steps) over the bare step the calibration times; measured on the demo recipe: 1.55 s per
+step in the trainer against 1.28 s bare (fp32, AVX2 kernels: 1.21) and 0.378 against
+0.34 (bf16 on AMX: 1.11)."""
 
-FIXED_SECONDS = 120.0
-"""Nominal seconds of everything but training: synthesis, prediction, evaluation, the
-slide and the report."""
+FIXED_SECONDS = 45.0
+"""Seconds of the demo's work that does not scale with the model: synthesis, evaluation,
+tissue detection, overlays and the report (synthesis alone: 22 s on a 2-core CPU)."""
 
-BUDGET_USE = 0.75
-"""Share of the budget planned; the rest is margin for a busy or slower machine."""
+DEMO_WINDOWS = 100
+"""Prediction windows of the demo (24 test images per model, the slide's tissue windows),
+rounded up; each costs the measured ``window_seconds`` plus postprocessing."""
+
+BUDGET_USE = 0.8
+"""Share of the budget planned; the rest is margin for a busy machine."""
+
+NOMINAL_SPEED = {"step_seconds": 0.35, "window_seconds": 0.5}
+"""Planned speed when ``steps`` is given and nothing is measured (only the progress bars'
+plan depends on it): the bf16 AVX-512/AMX development machine's."""
 
 NMS_IOU = 0.3
 """Prediction NMS: SRCs hardly overlap, and at RetinaNet's 0.5 nested boxes of different
 sizes survive on every cell cluster (measured on the demo's test split: FROC 0.835 at 0.5,
 0.864 at 0.3 for DGHM-C; precision 0.021 and 0.079)."""
+
+RECIPES = {"full": [], "light": ["model.fpn_channels=64"]}
+"""Overrides of :func:`demo_config` per recipe. ``light`` halves the FPN and head width
+(a training step 1.36x faster in fp32 on AVX2 kernels) for machines that would otherwise
+fit too few steps into the budget."""
+
+MIN_FULL_STEPS = 600
+"""Below this many steps per model in the budget, ``recipe: auto`` takes the light recipe.
+Measured with the full recipe: DGHM-C held-out FROC 0.675 after 308 steps (fp32, AVX2
+kernels), 0.873 after 968 (bf16, AMX)."""
 
 LOSSES = {"dghm": "DGHM-C", "focal": "focal"}
 """The two trained models: config loss name -> label in the report."""
@@ -65,17 +88,40 @@ class DemoSettings(SplitSizes):
     tile: int = Field(1024, description="prediction window, pixels")
     overlays: int = Field(3, ge=0, description="test images drawn in the report")
     nms_iou: float = Field(NMS_IOU, gt=0, le=1, description="prediction NMS IoU")
+    recipe: Literal["auto", "full", "light"] = Field(
+        "auto", description="auto: full unless the budget fits too few of its steps here"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training and prediction; auto: bf16 where native, else fp32"
+    )
 
-    def train_steps(self) -> int:
-        """Training steps per model: ``steps``, else what fits the budget (at least 20)."""
+    def train_steps(self, speed: dict) -> int:
+        """Training steps per model: ``steps``, else what fits the budget at the measured
+        ``speed`` (``step_seconds``, ``window_seconds`` of :mod:`pathodet.demo.calibrate`),
+        rounded down onto the step ladder, at least 20."""
         if self.steps is not None:
             return self.steps
-        seconds = self.budget_minutes * 60.0 * BUDGET_USE - FIXED_SECONDS
-        return max(20, int(seconds / (len(LOSSES) * STEP_SECONDS)))
+        seconds = self.budget_minutes * 60.0 * BUDGET_USE - fixed_seconds(speed)
+        return ladder_steps(seconds / (len(LOSSES) * step_seconds(speed)))
 
-    def planned_seconds(self) -> float:
-        """Nominal duration of the whole demo on the development machine."""
-        return FIXED_SECONDS + len(LOSSES) * self.train_steps() * STEP_SECONDS
+    def planned_seconds(self, speed: dict) -> float:
+        """Planned duration of the whole demo at the measured ``speed``."""
+        return fixed_seconds(speed) + len(LOSSES) * self.train_steps(speed) * step_seconds(speed)
+
+
+def step_seconds(speed: dict) -> float:
+    """Planned seconds per training step: the measured bare step times the trainer's overhead."""
+    return speed["step_seconds"] * TRAINER_OVERHEAD
+
+
+def fixed_seconds(speed: dict) -> float:
+    """Planned seconds of everything but training: fixed work plus the prediction windows
+    (the forward pass measured, doubled for reading, postprocessing and NMS)."""
+    return (
+        FIXED_SECONDS
+        + DEMO_WINDOWS * 2.0 * speed["window_seconds"]
+        + speed.get("calibration_seconds", 0.0)
+    )
 
 
 def schedule(steps: int, batches_per_epoch: int) -> tuple[int, list[int]]:
@@ -111,7 +157,8 @@ def demo_config(
 
     Paper recipe (section 4.2) with what a 2-core CPU needs to learn within minutes:
     512-px tiles and 256-px crops (SRCs are 30-90 px), a 128-channel FPN and head (a
-    quarter of the head's work), bf16 autocast (2x), from scratch with batch norm and a
+    quarter of the head's work), bf16 autocast where the CPU computes it natively (2x; fp32
+    elsewhere: ``train.precision=auto``), from scratch with batch norm and a
     higher Adam rate (3e-4 after 20 warm-up steps), one held-out fold of 8 for validation.
     ``extra`` overrides (``section.key=value``) are applied last, e.g. by the loss benchmark.
     """
@@ -130,7 +177,7 @@ def demo_config(
             "train.lr=0.0003",
             "train.warmup_steps=20",
             "train.augment.crop=256",
-            "train.precision=bf16",
+            "train.precision=auto",
             f"train.seed={seed}",
             "train.num_workers=1",
             "train.checkpoint_every=50",

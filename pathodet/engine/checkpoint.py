@@ -14,6 +14,9 @@ A checkpoint is a dict of tensors and plain Python values only (loaded with
     step                 optimiser steps done
     best                 {"metric": name, "value": v, "epoch": e} or None
     metrics              the last validation metrics
+    machine              the precision the run computed in and the CPU it ran on (model,
+                         torch's capability, native bf16 or not, threads; see
+                         pathodet.core.machine.machine_record)
 
 The file is written to a temporary name in the same folder, flushed to disk, then renamed
 over the target, so a run killed at any moment leaves either the old or the new file whole.

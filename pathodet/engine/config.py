@@ -86,11 +86,15 @@ class TrainConfig(Strict):
     lr_gamma: float = Field(0.1, gt=0, le=1)
     warmup_steps: int = Field(0, ge=0, description="linear lr warm-up over the first steps")
     grad_clip: float | None = Field(None, gt=0, description="max gradient L2 norm, or None")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 where the CPU or GPU computes it natively, else fp32"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: default)")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (None: the usable cores / local ranks)"
+    )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap (smoke runs)")
     checkpoint_every: int = Field(
         50, ge=0, description="write last.pt every N steps (and at each epoch end); 0 = epochs"

@@ -44,7 +44,7 @@ class PredictSettings:
     tile: int = 1024
     overlap: int = 128
     batch_size: int = 4
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     score_threshold: float = 0.05
     nms_iou: float = 0.5
     max_per_image: int = 2000

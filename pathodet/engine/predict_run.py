@@ -7,7 +7,8 @@ Writes into ``out``::
     geojson/<stem>.geojson     QuPath detections per image
     overlays/<stem>.png        the image with detections drawn (``overlays=True``)
     problems.json              images that could not be read, with the reason
-    predict.json               the settings and checkpoint of the run
+    predict.json               the settings and checkpoint of the run, and the machine
+                               (CPU, capability, precision; core.machine.machine_record)
 
 Per-image files are written atomically as each image finishes, its GeoJSON last (it marks
 the image done), and ``predictions.csv`` at the end from them, so a killed run that is
@@ -20,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
 from pathodet.data.io import atomic_write_image, atomic_write_text, remove_stale_temps
@@ -112,12 +114,14 @@ def run_predict(
     model, _ = load_detector(checkpoint)
     dev = pick_device(device, env_dist_info())
     model.to(dev)
+    settings = replace(settings, precision=resolve_precision(settings.precision, dev))
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)
     fp = _fingerprint(Path(checkpoint), settings)
     state_file = out / "predict.json"
     same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
-    atomic_write_text(state_file, json.dumps({"settings": fp}, indent=2))
+    record = {"settings": fp, "machine": machine_record(settings.precision)}
+    atomic_write_text(state_file, json.dumps(record, indent=2))
 
     def geo(p: Path) -> Path:
         return out / "geojson" / f"{p.stem}.geojson"

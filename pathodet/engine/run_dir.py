@@ -34,8 +34,9 @@ def absolute_paths(cfg: Config) -> Config:
 
 
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.num_workers", "train.threads",
-                            "train.device", "train.checkpoint_every", "train.log_every"})  # fmt: skip
-"""Config keys a resumed run may change: how long and where it runs, not what it learns."""
+                            "train.device", "train.precision", "train.checkpoint_every", "train.log_every"})  # fmt: skip
+"""Config keys a resumed run may change: how long, where and in which precision it runs,
+not what it learns (a run started in bf16 on one machine may continue in fp32 on another)."""
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

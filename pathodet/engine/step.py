@@ -7,19 +7,20 @@ forward/backward the trainer runs.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from pathodet.core.machine import PrecisionSetting, resolve_precision
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss
 from pathodet.losses.ghm import CountReduce
 from pathodet.model.config import AssignConfig
 from pathodet.model.retinanet import SRCRetinaNet
 
-Precision = Literal["fp32", "bf16"]
+Precision = PrecisionSetting
+"""``auto``, ``fp32`` or ``bf16``: ``auto`` is resolved by :func:`autocast` (bf16 where native)."""
 
 
 def collate(items: list[dict]) -> tuple[Tensor, list[Tensor], Tensor]:
@@ -49,8 +50,9 @@ def collate_pseudo(items: list[dict]) -> tuple[Tensor, list[Tensor], Tensor, lis
 
 
 def autocast(precision: Precision, device: torch.device):
-    """Autocast context for ``bf16`` (CPU or CUDA), a no-op for ``fp32``."""
-    if precision == "bf16":
+    """Autocast context for ``bf16`` (CPU or CUDA), a no-op for ``fp32``; ``auto`` is
+    resolved first (:func:`~pathodet.core.machine.resolve_precision`: bf16 where native)."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 

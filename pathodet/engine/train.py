@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pathodet.config import Config
+from pathodet.core.machine import configure_threads, machine_record, resolve_precision
 from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.io import remove_stale_temps
 from pathodet.data.predictions import ImagePredictions
@@ -102,10 +103,13 @@ class Trainer:
         self.on_step = on_step
         self.log_line = log
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
+        if tc.threads:  # else what the command line chose (configure_threads)
+            configure_threads(tc.threads)
         self.info = init_distributed(pick_device(tc.device, DistInfo()))
         self.device = pick_device(tc.device, self.info)
+        quiet = log if self.info.is_main else (lambda _: None)
+        self.precision = resolve_precision(tc.precision, self.device, quiet)
+        self.machine = machine_record(self.precision)  # recorded in every checkpoint
         if not resume and (self.run_dir / LAST).exists():  # every rank: nobody waits alone
             raise RunExists(
                 f"{self.run_dir} already holds a run (last.pt): continue it with --resume "
@@ -201,6 +205,7 @@ class Trainer:
             "loss_count": self.loss_count,
             "mining": self.mining,
             "adapters": None if self.distiller is None else self.distiller.adapters.state_dict(),
+            "machine": self.machine,
         }
 
     def save(self, name: str = LAST) -> None:
@@ -227,7 +232,7 @@ class Trainer:
         if self.distiller is not None:
             losses = distill_losses(
                 self.net, self.distiller, images, boxes, ap, pseudo, self.cfg.loss,
-                self.cfg.model.assign, tc.precision, reduce, self.ghm_acc_sum,
+                self.cfg.model.assign, self.precision, reduce, self.ghm_acc_sum,
             )  # fmt: skip
             grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
                                  tc.grad_clip)  # fmt: skip
@@ -235,7 +240,7 @@ class Trainer:
         elif images_a is not None:
             losses, mined_o, mined_a = comining_losses(
                 self.net, images, images_a.to(self.device), boxes, ap, self.cfg.loss,
-                tc.comining, self.cfg.model.assign, tc.precision, self.prior, reduce,
+                tc.comining, self.cfg.model.assign, self.precision, self.prior, reduce,
                 self.ghm_acc_sum,
             )  # fmt: skip
             grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
@@ -245,7 +250,7 @@ class Trainer:
             prior = self.prior(images) if self.prior is not None else None
             losses, grad_norm = loss_and_gradients(
                 self.net, self.optimizer, images, boxes, ap, self.cfg.loss,
-                self.cfg.model.assign, tc.precision, prior, reduce, self.ghm_acc_sum,
+                self.cfg.model.assign, self.precision, prior, reduce, self.ghm_acc_sum,
                 self.info.world_size, tc.grad_clip, pseudo,
             )  # fmt: skip
         values = torch.stack([losses[k].detach().float() for k in keys])
@@ -284,7 +289,7 @@ class Trainer:
             images, boxes, ap = collate([self.data.val[i] for i in idx])
             images = images.to(self.device)
             prior = self.prior(images) if self.prior is not None else None
-            with autocast(self.cfg.train.precision, self.device):
+            with autocast(self.precision, self.device):
                 outputs = self.model(images)
             losses = detection_loss(
                 outputs, [b.to(self.device) for b in boxes], ap.to(self.device), self.cfg.loss,
@@ -324,6 +329,7 @@ class Trainer:
             "steps": self.step,
             "best": self.best,
             "metrics": self.metrics,
+            "machine": self.machine,
         }
 
     def _run_epoch(self, bar: TrainProgress, n_batches: int) -> None:

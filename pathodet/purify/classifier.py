@@ -59,7 +59,7 @@ class PUConfig(Strict):
         "pu", description="random: the paper's U^R control (same count, random tiles)"
     )
     tau: float = Field(0.5, ge=0, le=1, description="teacher score threshold of pseudo boxes")
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
 
     def input_size(self) -> int:

@@ -1,0 +1,158 @@
+"""``pathodet bench share``: two pathodet processes started together on one machine.
+
+Each process runs the same fixed work, a number of training steps of the demo recipe
+(batch 8, 256-px crops, 128-channel FPN) on a random batch in the native precision, first
+alone, then two at once. The figure is the slowdown: the slower of the pair's times over
+the time alone (1.0 = no interference, 2.0 = the cores fairly shared, since each process
+then gets half of them).
+
+Rows, each a pair of child processes:
+
+- ``pathodet``: what pathodet does by default: idle OpenMP threads sleep
+  (``OMP_WAIT_POLICY=PASSIVE``, set in ``pathodet/__init__.py``) and torch threads = the
+  usable cores;
+- ``pathodet, half the threads each``: the same with ``--threads`` set to half the cores,
+  as a user sharing the machine on purpose would;
+- ``torch default (spinning)``: torch imported before pathodet, so its OpenMP runtime
+  starts with its own waiting policy (idle threads spin for a while before sleeping): how
+  every pathodet process ran before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pathodet.core.machine import machine_line, machine_record, usable_cores
+from pathodet.data.io import atomic_write_text
+
+_CHILD = "pathodet.bench.share"
+_TORCH_FIRST = (
+    "import torch, runpy, sys; sys.argv = ['share', *sys.argv[1:]]; "
+    f"runpy.run_module('{_CHILD}', run_name='__main__')"
+)
+
+
+def child_work(steps: int, threads: int | None) -> dict:
+    """In a child process: ``steps`` demo-recipe training steps; their wall seconds."""
+    import torch
+
+    from pathodet.core.machine import configure_threads, resolve_precision
+    from pathodet.demo.calibrate import random_batch
+    from pathodet.demo.settings import demo_config
+    from pathodet.engine.step import train_step
+    from pathodet.model import build_retinanet
+
+    n = configure_threads(threads)
+    precision = resolve_precision("auto", "cpu", log=lambda _: None)
+    cfg = demo_config(".", "dghm", 0, 1, [])
+    torch.manual_seed(0)
+    model = build_retinanet(cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images, boxes, ap = random_batch(8, cfg.train.augment.crop, torch.Generator().manual_seed(0))
+    train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "threads": n,
+        "precision": precision,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+    }
+
+
+def _start(steps: int, threads: int | None, torch_first: bool) -> subprocess.Popen:
+    args = [str(steps), str(threads or 0)]
+    env = dict(os.environ)
+    if torch_first:
+        env.pop("OMP_WAIT_POLICY", None)
+        cmd = [sys.executable, "-c", _TORCH_FIRST, "--child", *args]
+    else:
+        cmd = [sys.executable, "-m", _CHILD, "--child", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"bench share child failed (exit {proc.returncode}): {err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def pair(steps: int, threads: int | None, torch_first: bool) -> dict:
+    """One row: the work alone, then two copies started together."""
+    alone = _finish(_start(steps, threads, torch_first))
+    procs = [_start(steps, threads, torch_first) for _ in range(2)]
+    both = [_finish(p) for p in procs]
+    slowest = max(b["seconds"] for b in both)
+    return {
+        "alone_s": alone["seconds"],
+        "together_s": [b["seconds"] for b in both],
+        "slowdown": slowest / alone["seconds"],
+        "threads": alone["threads"],
+        "precision": alone["precision"],
+        "omp_wait_policy": alone["omp_wait_policy"] or "(unset: the runtime's default)",
+    }
+
+
+ROWS = (
+    ("pathodet", None, False),
+    ("pathodet, half the threads each", "half", False),
+    ("torch default (spinning)", None, True),
+)
+
+
+def run_share(out: Path, steps: int = 20, log=print) -> dict:
+    """Every row of :data:`ROWS`; writes ``out/share.json`` and ``out/share.md``."""
+    machine = machine_record()
+    log(f"machine: {machine_line(machine)}")
+    rows = []
+    for label, threads, torch_first in ROWS:
+        n = max(1, usable_cores() // 2) if threads == "half" else None
+        row = {"label": label, **pair(steps, n, torch_first)}
+        log(f"{label}: alone {row['alone_s']:.1f} s, together "
+            f"{', '.join(f'{t:.1f}' for t in row['together_s'])} s: "
+            f"slowdown {row['slowdown']:.2f}x")  # fmt: skip
+        rows.append(row)
+    from pathodet.bench.speed import git_commit
+
+    result = {"machine": machine, "steps": steps, "rows": rows, "commit": git_commit(),
+              "command": f"pathodet bench share --steps {steps}"}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "share.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "share.md", share_md(result))
+    return result
+
+
+def share_md(r: dict) -> str:
+    """The markdown table of :func:`run_share`'s result."""
+    lines = [
+        "## Two processes on one machine",
+        "",
+        f"`{r['command']}` at commit {r['commit']}, on {machine_line(r['machine'])}. Each "
+        f"process runs {r['steps']} training steps of the demo recipe (batch 8, 256-px crops, "
+        "128-channel FPN, random batch) in the native precision, alone and then two started "
+        "together. Slowdown: the slower of the two over the time alone (2.0 = the cores "
+        "shared fairly; target at most 2.5).",
+        "",
+        "| setting | torch threads each | OpenMP wait policy | alone (s) | together (s) | "
+        "slowdown |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        lines.append(
+            f"| {x['label']} | {x['threads']} | {x['omp_wait_policy']} | {x['alone_s']:.1f} | "
+            f"{' / '.join(f'{t:.1f}' for t in x['together_s'])} | {x['slowdown']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # a child process of pair()
+    if sys.argv[1:2] == ["--child"]:
+        steps, threads = int(sys.argv[2]), int(sys.argv[3])
+        print(json.dumps(child_work(steps, threads or None)))

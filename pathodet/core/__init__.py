@@ -1,0 +1,1 @@
+"""Helpers every stage may use: what this machine can do (precision, threads)."""
