@@ -57,3 +57,15 @@ def test_report_shows_ratios_and_the_froc_difference():
     assert "| dghm | 2.100 | 1.050 |" in md
     assert "| 512 | bf16 | 1.50 | 4.0% | 1 | 50% |" in md
     assert "difference -0.0019" in md
+
+
+def test_the_two_process_section_replaces_its_old_self_and_keeps_the_rest():
+    from pathodet.bench.share import with_section
+
+    old = "# Speed\n\nintro\n\n## Two processes on one machine\n\nold table\n\n## Later\n\nkept\n"
+    new = "## Two processes on one machine\n\nnew table\n"
+    got = with_section(old, new)
+    assert "old table" not in got and got.count("## Two processes on one machine") == 1
+    assert got.startswith("# Speed\n\nintro\n") and "## Later\n\nkept" in got
+    assert got.endswith("new table\n")
+    assert with_section("# Speed\n", new) == "# Speed\n\n" + new  # appended when absent

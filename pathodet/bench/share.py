@@ -96,7 +96,10 @@ def pair(steps: int, threads: int | None, torch_first: bool) -> dict:
         "slowdown": slowest / alone["seconds"],
         "threads": alone["threads"],
         "precision": alone["precision"],
-        "omp_wait_policy": alone["omp_wait_policy"] or "(unset: the runtime's default)",
+        # with torch first, pathodet's setting comes after the OpenMP runtime read it
+        "omp_wait_policy": "unset (the runtime's default)"
+        if torch_first
+        else alone["omp_wait_policy"],
     }
 
 
@@ -126,7 +129,24 @@ def run_share(out: Path, steps: int = 20, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "share.json", json.dumps(result, indent=1) + "\n")
     atomic_write_text(out / "share.md", share_md(result))
+    speed = out / "speed.md"
+    if speed.is_file():
+        atomic_write_text(speed, with_section(speed.read_text(), share_md(result)))
     return result
+
+
+def with_section(text: str, section: str) -> str:
+    """``text`` (markdown) with its ``## `` section of the same title as ``section``
+    replaced by it, or ``section`` appended when there is none."""
+    title = section.splitlines()[0]
+    lines = text.rstrip("\n").split("\n")
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))  # fmt: skip
+        lines = lines[:start] + lines[end:]
+    body = "\n".join(lines).rstrip("\n")
+    return body + "\n\n" + section.rstrip("\n") + "\n"
 
 
 def share_md(r: dict) -> str:

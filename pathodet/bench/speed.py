@@ -197,7 +197,12 @@ def run_speed(
         with tempfile.TemporaryDirectory(prefix="pathodet-speed-") as work:
             result["froc"] = froc_by_precision(checkpoint, test_root, Path(work), 1024)
     atomic_write_text(out / "speed.json", json.dumps(result, indent=1))
-    atomic_write_text(out / "speed.md", speed_md(result))
+    text = speed_md(result)
+    if (out / "share.md").is_file():  # the two-process figures of pathodet bench share
+        from pathodet.bench.share import with_section
+
+        text = with_section(text, (out / "share.md").read_text())
+    atomic_write_text(out / "speed.md", text)
     return result
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -63,8 +64,8 @@ def random_batch(batch: int, size: int, g: torch.Generator):
     return images, boxes, ap
 
 
-def measure_speed(cfg: Config, precision: str, tile: int, steps: int = 4) -> dict:
-    """Seconds of one training step of ``cfg``'s recipe (median of ``steps`` after two
+def measure_speed(cfg: Config, precision: str, tile: int, steps: int = 5) -> dict:
+    """Seconds of one training step of ``cfg``'s recipe (median of ``steps`` after three
     warm-up steps) and of one ``tile`` x ``tile`` prediction window (best of two after a
     warm-up), on a throwaway model in ``precision`` (resolved).
 
@@ -78,15 +79,17 @@ def measure_speed(cfg: Config, precision: str, tile: int, steps: int = 4) -> dic
     with torch.random.fork_rng(devices=[]):
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
-        model = build_retinanet(cfg.model.model_copy(update={"weights": None}))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")
+            model = build_retinanet(cfg.model.model_copy(update={"weights": None}))
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         crop = tc.augment.crop or cfg.data.tiling.tile_size
         images, boxes, ap = random_batch(tc.batch_size, crop, g)
         times = []
-        for i in range(steps + 2):
+        for i in range(steps + 3):
             t0 = time.perf_counter()
             train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
-            if i >= 2:
+            if i >= 3:
                 times.append(time.perf_counter() - t0)
         model.eval()
         window = torch.rand(1, 3, tile, tile, generator=g)

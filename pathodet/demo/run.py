@@ -71,15 +71,15 @@ SLIDE_NAME = "demo-slide.tiff"
 
 def _stages(steps: int, speed: dict) -> list[tuple[str, str, float]]:
     """``(key, label, planned seconds)`` of every stage, in order, at the measured speed."""
-    window = 2.0 * speed["window_seconds"]  # forward, reading and postprocessing
+    window = speed["window_seconds"]  # with its reading and postprocessing
     return [
         ("synth", "synthesize data", 20.0),
         *[
             (f"train_{k}", f"train {label}", steps * step_seconds(speed))
             for k, label in LOSSES.items()
         ],  # fmt: skip
-        ("evaluate", "predict + evaluate", 15.0 + 48 * window),
-        ("slide", "whole slide", 10.0 + 40 * window),
+        ("evaluate", "predict + evaluate", 50 * window),
+        ("slide", "whole slide", 50 * window),
         ("report", "report", 10.0),
     ]
 
@@ -257,7 +257,7 @@ def run_demo(
     s = settings or DemoSettings()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    precision = resolve_precision(s.precision, "cpu", log=echo)
+    precision = resolve_precision(s.precision, pick_device("auto", DistInfo()), log=echo)
     s = s.model_copy(update={"precision": precision})
     machine = machine_record(precision)
     echo(f"machine: {machine_line(machine)}; precision {precision}")

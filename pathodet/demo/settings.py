@@ -22,22 +22,23 @@ from pathodet.data.sampler import APNPBatchSampler
 from pathodet.demo.calibrate import ladder_steps
 from pathodet.engine.data import training_data
 
-TRAINER_OVERHEAD = 1.2
+TRAINER_OVERHEAD = 1.1
 """A step inside the trainer (data loading, validation each epoch, checkpoints every 50
-steps) over the bare step the calibration times; measured on the demo recipe: 1.55 s per
-step in the trainer against 1.28 s bare (fp32, AVX2 kernels: 1.21) and 0.378 against
-0.34 (bf16 on AMX: 1.11)."""
+steps) over the bare step the calibration times. Measured in one demo (fp32, AVX2
+kernels, light recipe): 1.19 s per step in the trainer against 1.11 s calibrated (1.07)."""
 
-FIXED_SECONDS = 45.0
-"""Seconds of the demo's work that does not scale with the model: synthesis, evaluation,
-tissue detection, overlays and the report (synthesis alone: 22 s on a 2-core CPU)."""
+FIXED_SECONDS = 30.0
+"""Seconds of the demo's work that does not scale with the model: synthesis (21 s on a
+2-core CPU), overlays and the report."""
 
 DEMO_WINDOWS = 100
-"""Prediction windows of the demo (24 test images per model, the slide's tissue windows),
-rounded up; each costs the measured ``window_seconds`` plus postprocessing."""
+"""Prediction windows of the demo, each costing about the measured ``window_seconds``
+with its reading and postprocessing. Measured: evaluation and slide took 64 s at 0.66 s
+per window and 83 s at 0.85 s (fp32, AVX2 kernels)."""
 
-BUDGET_USE = 0.8
-"""Share of the budget planned; the rest is margin for a busy machine."""
+BUDGET_USE = 0.9
+"""Share of the budget planned; the rest is margin for a busy machine and for rounding
+the steps to whole epochs."""
 
 NOMINAL_SPEED = {"step_seconds": 0.35, "window_seconds": 0.5}
 """Planned speed when ``steps`` is given and nothing is measured (only the progress bars'
@@ -51,12 +52,13 @@ sizes survive on every cell cluster (measured on the demo's test split: FROC 0.8
 RECIPES = {"full": [], "light": ["model.fpn_channels=64"]}
 """Overrides of :func:`demo_config` per recipe. ``light`` halves the FPN and head width
 (a training step 1.36x faster in fp32 on AVX2 kernels) for machines that would otherwise
-fit too few steps into the budget."""
+fit too few steps into the budget. Measured on the demo's split (seed 0, fp32, AVX2
+kernels; docs/benchmarks/slow-machine.md): DGHM-C held-out FROC 0.675 after 308 full
+steps (478 s), 0.878 after 396 light steps (443 s)."""
 
 MIN_FULL_STEPS = 600
-"""Below this many steps per model in the budget, ``recipe: auto`` takes the light recipe.
-Measured with the full recipe: DGHM-C held-out FROC 0.675 after 308 steps (fp32, AVX2
-kernels), 0.873 after 968 (bf16, AMX)."""
+"""Below this many steps per model in the budget, ``recipe: auto`` takes the light recipe
+(the full one reached 0.873 after 968 steps in bf16, 0.675 after 308 in fp32)."""
 
 LOSSES = {"dghm": "DGHM-C", "focal": "focal"}
 """The two trained models: config loss name -> label in the report."""
@@ -115,11 +117,11 @@ def step_seconds(speed: dict) -> float:
 
 
 def fixed_seconds(speed: dict) -> float:
-    """Planned seconds of everything but training: fixed work plus the prediction windows
-    (the forward pass measured, doubled for reading, postprocessing and NMS)."""
+    """Planned seconds of everything but training: fixed work, the prediction windows and
+    the calibration itself."""
     return (
         FIXED_SECONDS
-        + DEMO_WINDOWS * 2.0 * speed["window_seconds"]
+        + DEMO_WINDOWS * speed["window_seconds"]
         + speed.get("calibration_seconds", 0.0)
     )
 
