@@ -251,6 +251,13 @@ def demo(
     steps: Annotated[
         int | None, typer.Option(help="Training steps per model (skips the speed measurement).")
     ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="auto (light when the budget fits < 600 full steps here), full "
+            "(128-channel FPN and head) or light (64)."
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """The whole mission on synthetic data: synthesize, train DGHM-C and focal, evaluate,
@@ -259,7 +266,11 @@ def demo(
 
     with user_errors():
         settings = DemoSettings(
-            seed=seed, budget_minutes=budget_minutes, precision=precision, steps=steps
+            seed=seed,
+            budget_minutes=budget_minutes,
+            precision=precision,
+            steps=steps,
+            recipe=recipe,
         )
         run_demo(out, settings, echo=typer.echo, progress=not quiet)
 

@@ -180,13 +180,17 @@ def evaluate_cmd(
     cv: Annotated[
         list[Path] | None, typer.Option(help="Fold evaluation folders to aggregate.")
     ] = None,
-    precision: Annotated[str, typer.Option(help="With --checkpoint: fp32 or bf16.")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="With --checkpoint: auto (bf16 where native), fp32 or bf16.")
+    ] = "auto",
 ) -> None:
     """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
     from pathodet.data.io import atomic_write_text
     from pathodet.eval.report import cross_validation, cv_md
     from pathodet.eval.run import run_evaluate
 
+    if precision not in ("auto", "fp32", "bf16"):
+        fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     with user_errors():
         if cv:
             summary = cross_validation(cv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import warnings
@@ -67,6 +68,7 @@ def test_unknown_precision_is_an_error():
         resolve_precision("fp16")
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 CPUs only")
 def test_avx2_kernels_mean_no_native_bf16():
     """With torch and oneDNN limited to AVX2 (the emulating CPUs' situation), the detection
     says so whatever this CPU is, and ``auto`` picks fp32."""
@@ -82,15 +84,26 @@ def test_avx2_kernels_mean_no_native_bf16():
     assert chosen == "fp32"
 
 
-def test_native_detection_agrees_with_torchs_own_flags():
-    """Independent of :func:`cpu_bf16_native`: native iff the CPU has AVX-512-BF16 or AMX,
-    torch runs AVX-512 kernels and oneDNN allows bf16."""
-    expected = (
-        (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-        and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    )
-    assert machine.cpu_bf16_native()[0] == expected
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "capability", "onednn", "native", "why"),
+    [
+        (False, False, "AVX512", True, False, "neither AVX-512-BF16 nor AMX"),
+        (True, False, "AVX512", True, True, "AVX-512-BF16"),
+        (False, True, "AVX512", True, True, "AMX"),
+        (True, True, "AVX2", True, False, "limited to AVX2"),  # ATEN_CPU_CAPABILITY=avx2
+        (True, True, "AVX512", False, False, "ONEDNN_MAX_CPU_ISA"),
+    ],
+)
+def test_native_bf16_needs_the_instructions_and_both_libraries(
+    monkeypatch, avx512_bf16, amx, capability, onednn, native, why
+):
+    """Each CPU situation, simulated through torch's own flags."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    got, reason = machine.cpu_bf16_native.__wrapped__()  # uncached
+    assert got is native and why in reason
 
 
 def test_machine_record_names_the_cpu_and_capability():
@@ -115,6 +128,7 @@ def keep_threads():
 def test_threads_are_the_usable_cores_shared_among_local_ranks(monkeypatch, keep_threads):
     monkeypatch.setattr(machine, "usable_cores", lambda: 8)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert configure_threads() == 8 and torch.get_num_threads() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun, 3 processes on this machine
     assert configure_threads() == 2 and torch.get_num_threads() == 2
@@ -123,12 +137,24 @@ def test_threads_are_the_usable_cores_shared_among_local_ranks(monkeypatch, keep
     assert configure_threads(3) == 3 and torch.get_num_threads() == 3  # explicit wins
 
 
+def test_a_users_omp_num_threads_is_kept_outside_torchrun(monkeypatch, keep_threads):
+    monkeypatch.setattr(machine, "usable_cores", lambda: 8)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)  # what torch took from OMP_NUM_THREADS=1 at start
+    assert configure_threads() == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun sets OMP_NUM_THREADS=1 itself
+    assert configure_threads() == 4
+
+
 def test_usable_cores_follow_the_affinity():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this platform")
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from pathodet.core.machine import configure_threads; print(configure_threads())")  # fmt: skip
-    res = _child(code)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(REPO)}, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "1"
 
@@ -175,7 +201,7 @@ def test_ladder_floor_and_rung_spacing():
     assert math.isclose(LADDER_RATIO**8, 2.0)
 
 
-def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path):
+def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path, monkeypatch):
     calls = []
 
     def measure():
@@ -188,6 +214,13 @@ def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path):
     assert a["step_seconds"] == b["step_seconds"] == 0.5 and len(calls) == 1
     c = calibrated_speed(tmp_path, {"recipe": "demo", "precision": "bf16"}, measure)
     assert not c["reused"] and c["step_seconds"] == 1.0 and len(calls) == 2
+    # another machine (CPU, capability or threads) measures again
+    other = {**machine.machine_record(), "cpu_capability": "AVX2"}
+    import pathodet.demo.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "machine_record", lambda: other)
+    d = calibrated_speed(tmp_path, {"recipe": "demo", "precision": "fp32"}, measure)
+    assert not d["reused"] and len(calls) == 3
     (tmp_path / "calibration.json").write_text("{not json")
     assert not calibrated_speed(tmp_path, {"recipe": "demo"}, measure)["reused"]
 

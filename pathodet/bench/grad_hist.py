@@ -66,7 +66,7 @@ def gradient_histograms(
     losses = []
     for idx in _balanced_batches(tiles, batch, steps, rng):
         images, boxes, ap = collate([tiles[i] for i in idx])
-        losses.append(train_step(model, opt, images, boxes, ap, cfg, precision="bf16")["loss"])
+        losses.append(train_step(model, opt, images, boxes, ap, cfg, precision="auto")["loss"])
         if log is not None and len(losses) % 25 == 0:
             log(f"step {len(losses)}: loss {np.mean(losses[-25:]):.4f}")
 
@@ -76,7 +76,7 @@ def gradient_histograms(
     eval_tiles = TileDataset(train, tile=tile, stride=tile)
     for i in range(len(eval_tiles)):
         images, boxes, ap = collate([eval_tiles[i]])
-        with torch.no_grad(), autocast("bf16", images.device):
+        with torch.no_grad(), autocast("auto", images.device):
             o = model(images)
         lab = label_anchors(o.anchors, boxes, cfg, model.cfg.assign)[0].labels
         valid = lab >= 0

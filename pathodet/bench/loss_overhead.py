@@ -39,7 +39,7 @@ def measure(
     batch: int = 8,
     size: int = 600,
     repeats: int = 5,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     seed: int = 0,
 ) -> dict:
     """Median step and loss-only times per loss, and their ratios to ``focal``."""

@@ -55,6 +55,8 @@ def child_work(steps: int, threads: int | None) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, boxes, ap = random_batch(8, cfg.train.augment.crop, torch.Generator().manual_seed(0))
     train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)  # warm-up
+    print("ready", flush=True)  # the parent starts every child's timed work at once
+    sys.stdin.readline()
     t0 = time.perf_counter()
     for _ in range(steps):
         train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
@@ -74,21 +76,34 @@ def _start(steps: int, threads: int | None, torch_first: bool) -> subprocess.Pop
         cmd = [sys.executable, "-c", _TORCH_FIRST, "--child", *args]
     else:
         cmd = [sys.executable, "-m", _CHILD, "--child", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
 
-def _finish(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"bench share child failed (exit {proc.returncode}): {err[-2000:]}")
-    return json.loads(out.strip().splitlines()[-1])
+def _together(procs: list[subprocess.Popen]) -> list[dict]:
+    """Wait until every child has warmed up, release them at once, collect their results."""
+    for p in procs:
+        line = p.stdout.readline() if p.stdout else ""
+        if line.strip() != "ready":
+            _, err = p.communicate()
+            raise RuntimeError(f"bench share child failed (exit {p.returncode}): {err[-2000:]}")
+    for p in procs:
+        p.stdin.write("go\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+    results = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"bench share child failed (exit {p.returncode}): {err[-2000:]}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def pair(steps: int, threads: int | None, torch_first: bool) -> dict:
-    """One row: the work alone, then two copies started together."""
-    alone = _finish(_start(steps, threads, torch_first))
-    procs = [_start(steps, threads, torch_first) for _ in range(2)]
-    both = [_finish(p) for p in procs]
+    """One row: the work alone, then two copies whose timed work starts together (each
+    warms up first and waits for the other)."""
+    (alone,) = _together([_start(steps, threads, torch_first)])
+    both = _together([_start(steps, threads, torch_first) for _ in range(2)])
     slowest = max(b["seconds"] for b in both)
     return {
         "alone_s": alone["seconds"],

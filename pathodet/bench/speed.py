@@ -227,7 +227,7 @@ def speed_md(r: dict) -> str:
         "## Training step per loss (relative to focal)",
         "",
         f"Batch {ts['setting']['batch']}, {ts['setting']['size']} px, "
-        f"{ts['setting']['precision']}, the paper's model "
+        f"{ts['setting'].get('precision', 'bf16')}, the paper's model "
         "(256-channel FPN), median of 3 alternating rounds.",
         "",
         "| loss | step (s) | ratio to focal |",

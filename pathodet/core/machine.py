@@ -17,6 +17,7 @@ before torch starts its thread pool.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -53,13 +54,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_bf16_native() -> tuple[bool, str]:
     """Whether bf16 runs natively on this CPU, and why, in words.
 
     Native means: the CPU has AVX-512-BF16 or AMX tiles, torch's kernels are not limited
     below AVX-512 (``ATEN_CPU_CAPABILITY``), and oneDNN may use bf16 instructions
     (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, which honours
-    ``ONEDNN_MAX_CPU_ISA``).
+    ``ONEDNN_MAX_CPU_ISA``). Computed once per process (``autocast`` asks on every
+    forward pass).
     """
     capability = torch.backends.cpu.get_cpu_capability()
     hw = []
@@ -125,12 +128,15 @@ def resolve_precision(setting: str, device: torch.device | str = "cpu", log=None
     return chosen
 
 
-def machine_record(precision: str | None = None) -> dict:
+def machine_record(precision: str | None = None, device: torch.device | str = "cpu") -> dict:
     """What a checkpoint, benchmark or report records of the machine it ran on: CPU model,
-    torch's CPU capability, whether bf16 is native, cores, torch threads, torch version
-    (and the precision used, when given)."""
+    torch's CPU capability, whether bf16 is native on the CPU, cores, torch threads, torch
+    version, the precision used (when given) and the device; on CUDA also the GPU's name
+    and whether bf16 is native there."""
     native, why = cpu_bf16_native()
+    device = torch.device(device)
     record = {
+        "device": device.type,
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": native,
@@ -142,6 +148,9 @@ def machine_record(precision: str | None = None) -> dict:
     }
     if precision is not None:
         record["precision"] = precision
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+        record["gpu_bf16_native"] = bf16_native(device)[0]
     return record
 
 
@@ -162,11 +171,20 @@ def local_world_size() -> int:
 
 
 def configure_threads(requested: int | None = None) -> int:
-    """Set torch's intra-op threads: ``requested``, else this process's share of the cores it
-    may use (:func:`usable_cores` divided among the local ranks under torchrun, at least 1).
+    """Set torch's intra-op threads: ``requested``; else, under torchrun
+    (``LOCAL_WORLD_SIZE``), this process's share of the cores it may use
+    (:func:`usable_cores` divided among the local ranks, at least 1); else
+    ``OMP_NUM_THREADS`` when the user set it (torch has already read it); else the usable
+    cores.
 
-    Returns the number set.
+    Returns the number in force.
     """
+    if (
+        requested is None
+        and "LOCAL_WORLD_SIZE" not in os.environ
+        and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
+    ):
+        return torch.get_num_threads()
     n = requested or max(1, usable_cores() // local_world_size())
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

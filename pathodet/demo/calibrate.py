@@ -64,15 +64,23 @@ def random_batch(batch: int, size: int, g: torch.Generator):
     return images, boxes, ap
 
 
-def measure_speed(cfg: Config, precision: str, tile: int, steps: int = 5) -> dict:
+def measure_speed(
+    cfg: Config, precision: str, tile: int, device: torch.device | str = "cpu", steps: int = 5
+) -> dict:
     """Seconds of one training step of ``cfg``'s recipe (median of ``steps`` after three
     warm-up steps) and of one ``tile`` x ``tile`` prediction window (best of two after a
-    warm-up), on a throwaway model in ``precision`` (resolved).
+    warm-up), on a throwaway model on ``device`` in ``precision``.
 
     Returns ``{"step_seconds", "window_seconds", "calibration_seconds"}``.
     """
     from pathodet.engine.step import autocast, train_step
     from pathodet.model import build_retinanet
+
+    device = torch.device(device)
+
+    def sync() -> None:  # CUDA runs asynchronously: wait before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     t_start = time.perf_counter()
     tc = cfg.train
@@ -81,23 +89,26 @@ def measure_speed(cfg: Config, precision: str, tile: int, steps: int = 5) -> dic
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")
-            model = build_retinanet(cfg.model.model_copy(update={"weights": None}))
+            model = build_retinanet(cfg.model.model_copy(update={"weights": None})).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
         crop = tc.augment.crop or cfg.data.tiling.tile_size
         images, boxes, ap = random_batch(tc.batch_size, crop, g)
+        images, ap, boxes = images.to(device), ap.to(device), [b.to(device) for b in boxes]
         times = []
         for i in range(steps + 3):
             t0 = time.perf_counter()
             train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
+            sync()
             if i >= 3:
                 times.append(time.perf_counter() - t0)
         model.eval()
-        window = torch.rand(1, 3, tile, tile, generator=g)
+        window = torch.rand(1, 3, tile, tile, generator=g).to(device)
         forward = []
-        with torch.no_grad(), autocast(precision, torch.device("cpu")):
+        with torch.no_grad(), autocast(precision, device):
             for _ in range(3):
                 t0 = time.perf_counter()
                 model(window)
+                sync()
                 forward.append(time.perf_counter() - t0)
     return {
         "step_seconds": statistics.median(times),

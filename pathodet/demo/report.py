@@ -212,7 +212,8 @@ def _speed_text(result: dict) -> str:
     if not sp.get("measured"):
         return where + " The step count was given (no speed measurement)."
     return where + (
-        f" Measured before training: {sp['step_seconds']:.3f} s per training step and "
+        f" Measured before training{' (in an earlier run into this folder)' if sp.get('reused') else ''}: "
+        f"{sp['step_seconds']:.3f} s per training step and "
         f"{sp['window_seconds']:.3f} s per {result['settings']['tile']}-px prediction window, "
         f"which set {result['steps']} steps for the {result['settings']['budget_minutes']:g}-"
         "minute budget."

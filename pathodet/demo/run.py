@@ -32,6 +32,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from pathodet.core.machine import machine_line, machine_record, resolve_precision
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.io import atomic_write_text
@@ -85,33 +87,40 @@ def _stages(steps: int, speed: dict) -> list[tuple[str, str, float]]:
 
 
 def machine_speed(
-    out: Path, s: DemoSettings, precision: str, echo: Callable[[str], None], recipe: str = "full"
+    out: Path,
+    s: DemoSettings,
+    precision: str,
+    device: torch.device,
+    echo: Callable[[str], None],
+    recipe: str = "full",
 ) -> dict:
     """This machine's speed on a demo ``recipe`` (:mod:`pathodet.demo.calibrate`), measured
     once per output folder and machine; nominal figures when ``s.steps`` fixes the steps."""
     if s.steps is not None:
         return {**NOMINAL_SPEED, "measured": False}
     cfg = demo_config(out / "data" / "train", "dghm", s.seed, 1, [], s.folds, RECIPES[recipe])
-    key = {"recipe": recipe, "precision": precision, "tile": s.tile,
+    key = {"recipe": recipe, "precision": precision, "tile": s.tile, "device": str(device),
            "model": cfg.model.model_dump(mode="json"),
            "crop": cfg.train.augment.crop, "batch": cfg.train.batch_size}  # fmt: skip
     echo(f"measuring this machine's speed on the {recipe} demo recipe (a few throwaway steps)")
-    speed = calibrated_speed(out, key, lambda: measure_speed(cfg, precision, s.tile))
+    speed = calibrated_speed(out, key, lambda: measure_speed(cfg, precision, s.tile, device))
     return {**speed, "measured": True}
 
 
 def choose_recipe(
-    out: Path, s: DemoSettings, precision: str, echo: Callable[[str], None]
+    out: Path, s: DemoSettings, precision: str, device: torch.device, echo: Callable[[str], None]
 ) -> tuple[str, dict]:
     """``(recipe, speed)``: ``s.recipe``, or with ``auto`` the full recipe when the budget
     gives it at least :data:`MIN_FULL_STEPS` steps on this machine, else the light one."""
     recipe = "full" if s.recipe == "auto" else s.recipe
-    speed = machine_speed(out, s, precision, echo, recipe)
+    speed = machine_speed(out, s, precision, device, echo, recipe)
     if s.recipe == "auto" and speed["measured"] and s.train_steps(speed) < MIN_FULL_STEPS:
         echo(f"the full recipe fits {s.train_steps(speed)} steps (< {MIN_FULL_STEPS}) in "
              f"{s.budget_minutes:g} min here: using the light one ({' '.join(RECIPES['light'])})")  # fmt: skip
         recipe = "light"
-        speed = machine_speed(out, s, precision, echo, recipe)
+        full = speed["calibration_seconds"]
+        speed = machine_speed(out, s, precision, device, echo, recipe)
+        speed["calibration_seconds"] += full  # both measurements are spent from the budget
     return recipe, speed
 
 
@@ -257,11 +266,12 @@ def run_demo(
     s = settings or DemoSettings()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    precision = resolve_precision(s.precision, pick_device("auto", DistInfo()), log=echo)
+    device = pick_device("auto", DistInfo())
+    precision = resolve_precision(s.precision, device, log=echo)
     s = s.model_copy(update={"precision": precision})
-    machine = machine_record(precision)
+    machine = machine_record(precision, device)
     echo(f"machine: {machine_line(machine)}; precision {precision}")
-    recipe, speed = choose_recipe(out, s, precision, echo)
+    recipe, speed = choose_recipe(out, s, precision, device, echo)
     steps = s.train_steps(speed)
     plan = s.planned_seconds(speed)
     echo(

@@ -120,7 +120,7 @@ def run_predict(
     fp = _fingerprint(Path(checkpoint), settings)
     state_file = out / "predict.json"
     same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
-    record = {"settings": fp, "machine": machine_record(settings.precision)}
+    record = {"settings": fp, "machine": machine_record(settings.precision, dev)}
     atomic_write_text(state_file, json.dumps(record, indent=2))
 
     def geo(p: Path) -> Path:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from pathodet.config import Config
+from pathodet.core.machine import resolve_precision
 from pathodet.data.tiling import TileDataset
 from pathodet.engine.checkpoint import CheckpointError, load_detector
 from pathodet.engine.step import Precision, autocast, collate
@@ -101,7 +102,8 @@ def score_prior(
             "loss score_ss needs a first-round detector: set "
             "loss.soft_sampling.prior_checkpoint=RUN/best.pt (e.g. a focal run)"
         )
-    prior = PriorScorer(ss.prior_checkpoint, cfg.model, device, cfg.train.precision)
+    precision = resolve_precision(cfg.train.precision, device, log=lambda _: None)
+    prior = PriorScorer(ss.prior_checkpoint, cfg.model, device, precision)
     if ss.threshold is None:
         t = median_box_score(prior, tiles, indices, cfg.model.assign)
         ss.threshold = t

@@ -109,7 +109,7 @@ class Trainer:
         self.device = pick_device(tc.device, self.info)
         quiet = log if self.info.is_main else (lambda _: None)
         self.precision = resolve_precision(tc.precision, self.device, quiet)
-        self.machine = machine_record(self.precision)  # recorded in every checkpoint
+        self.machine = machine_record(self.precision, self.device)  # recorded in every checkpoint
         if not resume and (self.run_dir / LAST).exists():  # every rank: nobody waits alone
             raise RunExists(
                 f"{self.run_dir} already holds a run (last.pt): continue it with --resume "

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 
+from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import load_records
 from pathodet.data.io import atomic_write_bytes, atomic_write_image, atomic_write_text
 from pathodet.data.pseudo import (
@@ -222,6 +223,7 @@ def run_purify(
         "labeled": str(labeled), "unlabeled": str(unlabeled),
         "teacher": None if teacher is None else str(teacher),
         "config": cfg.model_dump(mode="json"),
+        "machine": machine_record(resolve_precision(cfg.precision, "cpu", log=lambda _: None)),
         "positives": len(positives), "pool_tiles": len(pool), "selected": len(chosen),
         "prior": prior, "prior_estimated": bool(info.get("prior_estimated", False)),
         "classifier": {k: v for k, v in info.items() if k not in ("prior", "prior_estimated")},
