@@ -16,7 +16,7 @@ from pathodet.demo import DemoSettings, run_demo
 from pathodet.demo.calibrate import LADDER_RATIO, measure_speed
 from pathodet.demo.progress import DemoProgress
 from pathodet.demo.report import operating_threshold
-from pathodet.demo.run import machine_speed
+from pathodet.demo.run import choose_recipe, machine_speed
 from pathodet.demo.settings import (
     BUDGET_USE,
     LOSSES,
@@ -275,7 +275,16 @@ def test_calibration_measures_this_machine_without_touching_the_runs_random_stat
     assert speed["calibration_seconds"] >= 4 * speed["step_seconds"] + 2 * speed["window_seconds"]
 
 
-def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path):
+def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path, monkeypatch):
+    import pathodet.demo.run as demo_run
+
+    seen = []
+
+    def fake(cfg, precision, tile, device):  # the real measurement is tested above
+        seen.append((cfg.model.fpn_channels, precision, tile))
+        return {"step_seconds": 1.0 + len(seen), "window_seconds": 0.5, "calibration_seconds": 9.0}
+
+    monkeypatch.setattr(demo_run, "measure_speed", fake)
     s = DemoSettings(tile=256, budget_minutes=20)
     said = []
     first = machine_speed(tmp_path, s, "fp32", CPU, said.append)
@@ -283,5 +292,11 @@ def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path):
     assert first["measured"] and not first["reused"] and again["reused"]
     assert again["step_seconds"] == first["step_seconds"]  # the same steps on a re-run
     assert s.train_steps(again) == s.train_steps(first)
-    assert (tmp_path / "calibration.json").is_file()
+    assert (tmp_path / "calibration.json").is_file() and seen == [(128, "fp32", 256)]
+    # too few full steps in the budget: the light recipe is measured and chosen
+    recipe, speed = choose_recipe(tmp_path, s, "fp32", CPU, said.append)
+    assert s.train_steps(first) < 600 and recipe == "light" and seen[-1][0] == 64
+    assert speed["calibration_seconds"] == 18.0  # both measurements came out of the budget
+    fast = DemoSettings(tile=256, budget_minutes=200)
+    assert choose_recipe(tmp_path, fast, "fp32", CPU, said.append)[0] == "full"
     assert not machine_speed(tmp_path, DemoSettings(steps=5), "fp32", CPU, said.append)["measured"]

@@ -215,7 +215,7 @@ def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path, mo
     c = calibrated_speed(tmp_path, {"recipe": "demo", "precision": "bf16"}, measure)
     assert not c["reused"] and c["step_seconds"] == 1.0 and len(calls) == 2
     # another machine (CPU, capability or threads) measures again
-    other = {**machine.machine_record(), "cpu_capability": "AVX2"}
+    other = {**machine.machine_record(), "cpu_model": "another CPU"}
     import pathodet.demo.calibrate as calibrate
 
     monkeypatch.setattr(calibrate, "machine_record", lambda: other)

@@ -120,7 +120,9 @@ def run_predict(
     fp = _fingerprint(Path(checkpoint), settings)
     state_file = out / "predict.json"
     same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
-    record = {"settings": fp, "machine": machine_record(settings.precision, dev)}
+    machine = machine_record(settings.precision, dev)  # what a rerun cannot change, no threads
+    stable = ("precision", "device", "cpu_model", "cpu_capability", "bf16_native", "torch")
+    record = {"settings": fp, "machine": {k: machine[k] for k in stable}}
     atomic_write_text(state_file, json.dumps(record, indent=2))
 
     def geo(p: Path) -> Path:
