@@ -37,17 +37,18 @@ _TORCH_FIRST = (
 )
 
 
-def child_work(steps: int, threads: int | None) -> dict:
+def child_work(steps: int, threads: int | None, torch_first: bool = False) -> dict:
     """In a child process: ``steps`` demo-recipe training steps; their wall seconds."""
     import torch
 
-    from pathodet.core.machine import configure_threads, resolve_precision
+    from pathodet.core.machine import configure_threads, resolve_precision, share_cores
     from pathodet.demo.calibrate import random_batch
     from pathodet.demo.settings import demo_config
     from pathodet.engine.step import train_step
     from pathodet.model import build_retinanet
 
-    n = configure_threads(threads)
+    # the spinning row is pathodet before this change: every core, no sharing
+    n = configure_threads(usable_cores() if torch_first else threads)
     precision = resolve_precision("auto", "cpu", log=lambda _: None)
     cfg = demo_config(".", "dghm", 0, 1, [])
     torch.manual_seed(0)
@@ -59,6 +60,7 @@ def child_work(steps: int, threads: int | None) -> dict:
     sys.stdin.readline()
     t0 = time.perf_counter()
     for _ in range(steps):
+        share_cores()  # as the trainer does at every step
         train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
     return {
         "seconds": time.perf_counter() - t0,
@@ -69,7 +71,7 @@ def child_work(steps: int, threads: int | None) -> dict:
 
 
 def _start(steps: int, threads: int | None, torch_first: bool) -> subprocess.Popen:
-    args = [str(steps), str(threads or 0)]
+    args = [str(steps), str(threads or 0), str(int(torch_first))]
     env = dict(os.environ)
     if torch_first:
         env.pop("OMP_WAIT_POLICY", None)
@@ -189,5 +191,5 @@ def share_md(r: dict) -> str:
 
 if __name__ == "__main__":  # a child process of pair()
     if sys.argv[1:2] == ["--child"]:
-        steps, threads = int(sys.argv[2]), int(sys.argv[3])
-        print(json.dumps(child_work(steps, threads or None)))
+        steps, threads, torch_first = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+        print(json.dumps(child_work(steps, threads or None, torch_first)))

@@ -17,11 +17,15 @@ before torch starts its thread pool.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import platform
 import sys
+import tempfile
+import time
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -177,15 +181,94 @@ def configure_threads(requested: int | None = None) -> int:
     ``OMP_NUM_THREADS`` when the user set it (torch has already read it); else the usable
     cores.
 
+    Without any of these, the process shares the usable cores with the other pathodet
+    processes on this machine (:func:`share_cores`).
+
     Returns the number in force.
     """
+    global _SHARING
     if (
         requested is None
         and "LOCAL_WORLD_SIZE" not in os.environ
         and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit()
     ):
+        _SHARING = False
         return torch.get_num_threads()
+    # a process left to choose shares the cores with other pathodet processes once it
+    # computes (share_cores, at its first step); until then it claims them all
+    _SHARING = requested is None and "LOCAL_WORLD_SIZE" not in os.environ
     n = requested or max(1, usable_cores() // local_world_size())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+# -- sharing the cores with other pathodet processes --------------------------------------
+
+_SHARING = False  # set by configure_threads: no explicit threads, not under torchrun
+_LAST_CHECK = -1e9
+_REGISTERED = False
+SHARE_CHECK_SECONDS = 1.0
+"""How often a running process looks for other pathodet processes (at its next step)."""
+
+
+def _registry() -> Path:
+    """One empty file per live pathodet process that shares the cores, named by its pid."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"pathodet-cores-{uid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unregister() -> None:
+    (_registry() / str(os.getpid())).unlink(missing_ok=True)
+
+
+def share_cores() -> int:
+    """Give this process its share of the usable cores among the live pathodet processes
+    on this machine that compute (each registered by a file in a temporary folder at its
+    first call; a killed process's file is removed by the next one that looks). Called at
+    every training step and
+    prediction batch, it looks at most once per :data:`SHARE_CHECK_SECONDS`, so a process
+    running alone takes every core and gives half back when a second one starts.
+
+    Two torch processes that each claim both cores of a 2-core machine slow each other
+    down 8-9x (docs/benchmarks/speed.md); with one core each they barely slow down.
+    Does nothing unless :func:`configure_threads` found the threads free to choose (no
+    ``--threads``, ``train.threads``, ``OMP_NUM_THREADS`` or torchrun). Returns the
+    threads in force.
+    """
+    global _LAST_CHECK, _REGISTERED
+    now = time.monotonic()
+    if not _SHARING or now - _LAST_CHECK < SHARE_CHECK_SECONDS:
+        return torch.get_num_threads()
+    _LAST_CHECK = now
+    folder = _registry()
+    try:
+        folder.mkdir(exist_ok=True)
+        if not _REGISTERED:
+            (folder / str(os.getpid())).touch()
+            atexit.register(_unregister)
+            _REGISTERED = True
+        live = 0
+        for entry in folder.iterdir():
+            if not entry.name.isdigit():
+                continue
+            if _alive(int(entry.name)):
+                live += 1
+            else:
+                entry.unlink(missing_ok=True)
+    except OSError:  # no writable temporary folder: keep what we have
+        return torch.get_num_threads()
+    n = max(1, usable_cores() // max(live, 1))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

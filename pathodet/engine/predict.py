@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from pathodet.core.machine import share_cores
 from pathodet.data.predictions import ImagePredictions
 from pathodet.data.samples import read_image
 from pathodet.data.tiling import window_starts
@@ -96,6 +97,7 @@ def retinanet_detector(
 
     @torch.no_grad()
     def detect(images: Tensor) -> list[dict[str, Tensor]]:
+        share_cores()  # another pathodet process may have started or ended
         with autocast(settings.precision, device):
             outputs = model(images.to(device))
         return postprocess(outputs, inf)

@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from pathodet.config import Config
-from pathodet.core.machine import configure_threads, machine_record, resolve_precision
+from pathodet.core.machine import (
+    configure_threads,
+    machine_record,
+    resolve_precision,
+    share_cores,
+)
 from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.io import remove_stale_temps
 from pathodet.data.predictions import ImagePredictions
@@ -219,6 +224,7 @@ class Trainer:
         """One optimiser step; ``pseudo`` flags pseudo-labeled boxes; ``images_a`` (the
         colour view) and ``truth`` with co-mining."""
         tc = self.cfg.train
+        share_cores()  # another pathodet process may have started or ended
         images, ap = images.to(self.device), ap.to(self.device)
         boxes = [b.to(self.device) for b in boxes]
         for group in self.optimizer.param_groups:
