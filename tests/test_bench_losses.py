@@ -180,6 +180,7 @@ def tiny(tmp_path_factory):
     s = LossBenchSettings(
         seeds=[0], drop_rates=[0.0, 0.5], methods=["focal", "score_ss"], steps=3,
         train_positive=3, train_negative=2, test_positive=1, test_negative=1, image_size=384,
+        overrides=["model.fpn_channels=32"],  # a quarter of the demo's head: quick anywhere
     )  # fmt: skip
     lines: list[str] = []
     results = run_losses(out, s, log=lines.append)
@@ -330,7 +331,7 @@ def test_pu_students_get_the_pool_prior_and_retrain_when_purification_changes(tm
     s = LossBenchSettings(
         seeds=[0], drop_rates=[0.5], methods=["dghm", "pudet", "pudet_random"], steps=2,
         train_positive=3, train_negative=2, test_positive=1, test_negative=1, image_size=480,
-        pool_positive=2, pool_negative=3, pu_steps=2,
+        pool_positive=2, pool_negative=3, pu_steps=2, overrides=["model.fpn_channels=32"],
     )  # fmt: skip
     results = {r["method"]: r for r in run_losses(tmp_path, s, log=lambda _: None)}
     pool = tmp_path / "data" / "pool"

@@ -147,7 +147,7 @@ def test_overall_progress_counts_planned_seconds():
 TINY = {
     "steps": 6, "train_positive": 4, "train_negative": 4, "test_positive": 2,
     "test_negative": 2, "image_size": 384, "folds": 2, "slide_width": 1536,
-    "slide_height": 1024, "tile": 384, "overlays": 2,
+    "slide_height": 1024, "tile": 384, "overlays": 2, "recipe": "light",
 }  # fmt: skip
 
 
@@ -245,7 +245,7 @@ def test_changed_settings_retrain_instead_of_resuming(tiny, tmp_path):
     import shutil
 
     shutil.copytree(out, other)
-    result = run_demo(other, DemoSettings(**{**TINY, "steps": 12}), echo=lambda _: None,
+    result = run_demo(other, DemoSettings(**{**TINY, "steps": 9}), echo=lambda _: None,
                       progress=False)  # fmt: skip
     for k in LOSSES:
         assert not result["training"][k]["resumed"]

@@ -175,7 +175,9 @@ def share_md(r: dict) -> str:
         f"process runs {r['steps']} training steps of the demo recipe (batch 8, 256-px crops, "
         "128-channel FPN, random batch) in the native precision, alone and then two started "
         "together. Slowdown: the slower of the two over the time alone (2.0 = the cores "
-        "shared fairly; target at most 2.5).",
+        "shared fairly; target at most 2.5). Threads each: at the start; a pathodet process "
+        "left to choose its threads takes every core while alone and half of them once it "
+        "sees another computing pathodet process (`share_cores`, checked each step).",
         "",
         "| setting | torch threads each | OpenMP wait policy | alone (s) | together (s) | "
         "slowdown |",

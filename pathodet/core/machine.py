@@ -211,6 +211,11 @@ _REGISTERED = False
 SHARE_CHECK_SECONDS = 1.0
 """How often a running process looks for other pathodet processes (at its next step)."""
 
+SHARE_IDLE_SECONDS = 5.0
+"""A registered process that has not computed for this long is not counted (a test
+runner between tests, the review app after a prediction): its file's time is refreshed at
+every look."""
+
 
 def _registry() -> Path:
     """One empty file per live pathodet process that shares the cores, named by its pid."""
@@ -254,18 +259,18 @@ def share_cores() -> int:
     folder = _registry()
     try:
         folder.mkdir(exist_ok=True)
+        (folder / str(os.getpid())).touch()  # registers, and says "computing now"
         if not _REGISTERED:
-            (folder / str(os.getpid())).touch()
             atexit.register(_unregister)
             _REGISTERED = True
-        live = 0
+        live, wall = 0, time.time()
         for entry in folder.iterdir():
             if not entry.name.isdigit():
                 continue
-            if _alive(int(entry.name)):
-                live += 1
-            else:
+            if not _alive(int(entry.name)):
                 entry.unlink(missing_ok=True)
+            elif wall - entry.stat().st_mtime <= SHARE_IDLE_SECONDS:
+                live += 1
     except OSError:  # no writable temporary folder: keep what we have
         return torch.get_num_threads()
     n = max(1, usable_cores() // max(live, 1))
