@@ -29,8 +29,8 @@ from pathodet.eval.metrics import froc_curve
 
 # -- budget and schedule -------------------------------------------------------------------
 
-FAST = {"step_seconds": 0.35, "window_seconds": 0.4}  # bf16 on AMX (measured)
-SLOW = {"step_seconds": 1.28, "window_seconds": 1.1}  # fp32 on AVX2 kernels (measured)
+FAST = {"step_seconds": 0.35, "window_seconds": 0.4}  # about bf16 on AMX (step measured)
+SLOW = {"step_seconds": 1.28, "window_seconds": 1.1}  # about fp32 on AVX2 (step measured)
 
 
 @pytest.mark.parametrize("speed", [FAST, SLOW])

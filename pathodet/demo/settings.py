@@ -25,7 +25,8 @@ from pathodet.engine.data import training_data
 TRAINER_OVERHEAD = 1.1
 """A step inside the trainer (data loading, validation each epoch, checkpoints every 50
 steps) over the bare step the calibration times. Measured in one demo (fp32, AVX2
-kernels, light recipe): 1.19 s per step in the trainer against 1.11 s calibrated (1.07)."""
+kernels, light recipe, Intel Xeon restricted to AVX2): 1.19 s per step in the trainer against
+1.11 s calibrated (1.07), and 1.14 s against 0.97 s (1.18) in the final demo run."""
 
 FIXED_SECONDS = 30.0
 """Seconds of the demo's work that does not scale with the model: synthesis (21 s on a
