@@ -15,7 +15,7 @@ import typer
 
 from pathodet import __version__
 from pathodet.cli_review import review_app
-from pathodet.cli_run import evaluate_cmd, predict_cmd, purify_cmd, train_cmd
+from pathodet.cli_run import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
 from pathodet.cli_util import fail, progress_bar, user_errors
 from pathodet.config import load_config
 
@@ -35,6 +35,7 @@ app.command("train")(train_cmd)
 app.command("predict")(predict_cmd)
 app.command("purify")(purify_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("cv")(cv_cmd)
 
 
 @app.callback(invoke_without_command=True)
@@ -87,21 +88,33 @@ def data_folds(
     root: Annotated[Path, typer.Argument(help="DigestPath root or manifest CSV.")],
     k: Annotated[int, typer.Option("--k", help="Number of folds.")] = 5,
     seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
+    group: Annotated[
+        str, typer.Option(help="Keep each 'case' (default) or only each 'slide' in one fold.")
+    ] = "case",
     out: Annotated[
         Path,
         typer.Option(help="Manifest CSV to write (image, attribute, annotation, slide_id, fold)."),
     ] = Path("folds.csv"),
 ) -> None:
-    """Split images into K folds grouped by slide (a slide never spans two folds)."""
+    """Split images into K folds grouped by case (a case, and so a slide, never spans two)."""
     from pathodet.data.digestpath import load_records, write_manifest
     from pathodet.data.folds import assign_folds, fold_summary
 
     with user_errors():
-        records = assign_folds(load_records(root), k=k, seed=seed)
+        if group not in ("case", "slide"):
+            fail(f"--group must be 'case' or 'slide', got {group!r}")
+        records = assign_folds(load_records(root), k=k, seed=seed, group=group)  # type: ignore[arg-type]
         write_manifest(out, records)
     typer.echo(
         json.dumps(
-            {"manifest": str(out), "k": k, "seed": seed, "folds": fold_summary(records)}, indent=2
+            {
+                "manifest": str(out),
+                "k": k,
+                "seed": seed,
+                "group": group,
+                "folds": fold_summary(records),
+            },
+            indent=2,
         )
     )
 
@@ -259,11 +272,31 @@ def demo(
         ),
     ] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A real DigestPath root: case-grouped folds, DGHM-C and focal with the "
+            "real recipe (configs/digestpath.yaml) on the held-out fold(s), report."
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(help="With --data: number of folds.")] = 5,
+    all_folds: Annotated[
+        bool, typer.Option(help="With --data: hold out every fold in turn (cross-validation).")
+    ] = False,
 ) -> None:
     """The whole mission on synthetic data: synthesize, train DGHM-C and focal, evaluate,
-    run a whole slide, write OUT/report.md, print the review command."""
+    run a whole slide, write OUT/report.md, print the review command. With --data, the
+    same on a real DigestPath root (no slide)."""
     from pathodet.demo import DemoSettings, run_demo
 
+    if data is not None:
+        from pathodet.demo.real import run_real_demo
+
+        with user_errors():
+            run_real_demo(data, out, folds, all_folds, seed, echo=typer.echo,
+                          progress=not quiet)  # fmt: skip
+        typer.echo(f"report: {out / 'report.md'}")
+        return
     with user_errors():
         settings = DemoSettings(
             seed=seed,

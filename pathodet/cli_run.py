@@ -261,3 +261,41 @@ def purify_cmd(
                              log=lambda m: typer.echo(m, err=True))  # fmt: skip
     summary.pop("problems")
     typer.echo(json.dumps(summary, indent=1))
+
+
+def cv_cmd(
+    config: Annotated[Path, typer.Argument(help="Training config, e.g. configs/digestpath.yaml.")],
+    data: Annotated[Path, typer.Option(help="DigestPath root (or manifest CSV).")],
+    folds: Annotated[int, typer.Option(help="Number of folds (K).")] = 5,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default runs/cv-CONFIG).")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override, key=value.")] = [],  # noqa: B006
+    seed: Annotated[int, typer.Option(help="Fold-shuffling seed.")] = 0,
+    group: Annotated[
+        str, typer.Option(help="Keep each 'case' (default) or only each 'slide' in one fold.")
+    ] = "case",
+    fold: Annotated[
+        list[int] | None, typer.Option(help="Run only this fold (repeatable); default all.")
+    ] = None,
+    tile: Annotated[int, typer.Option(help="Prediction window side, pixels.")] = 1024,
+    quiet: Annotated[bool, typer.Option(help="No training progress bar.")] = False,
+) -> None:
+    """Cross-validate: one model per case-grouped fold, each fold's held-out images predicted
+    and evaluated; per-fold metrics, mean ± std and every fold's FROC curve.
+
+    Resumable: run the same command again after an interruption.
+    """
+    from pathodet.engine.predict import PredictSettings
+    from pathodet.eval.cv import run_cv
+
+    if group not in ("case", "slide"):
+        fail(f"--group must be 'case' or 'slide', got {group!r}")
+    with user_errors():
+        cfg = load_config(config, set_)
+        target = out or Path("runs") / f"cv-{config.stem}"
+        summary = run_cv(cfg, data, target, folds, seed, group,  # type: ignore[arg-type]
+                         PredictSettings(tile=tile), fold, lambda m: typer.echo(m, err=True),
+                         progress=not quiet)  # fmt: skip
+    typer.echo((target / "cv.md").read_text())
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "folds"}))

@@ -15,7 +15,6 @@ from pathodet.core.machine import bf16_native
 from pathodet.demo import DemoSettings, run_demo
 from pathodet.demo.calibrate import LADDER_RATIO, measure_speed
 from pathodet.demo.progress import DemoProgress
-from pathodet.demo.report import operating_threshold
 from pathodet.demo.run import choose_recipe, machine_speed
 from pathodet.demo.settings import (
     BUDGET_USE,
@@ -25,7 +24,7 @@ from pathodet.demo.settings import (
     schedule,
     step_seconds,
 )
-from pathodet.eval.metrics import froc_curve
+from pathodet.eval.metrics import froc_curve, operating_threshold
 
 # -- budget and schedule -------------------------------------------------------------------
 

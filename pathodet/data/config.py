@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +42,29 @@ class DataConfig(Strict):
     held_out_fold: int = Field(0, ge=0)
     num_folds: int = Field(5, ge=2, description="folds made on the fly when none are given")
     fold_seed: int = 0
+    fold_group: Literal["case", "slide"] = Field(
+        "case", description="folds made on the fly keep each case (or only each slide) together"
+    )
+    scale: float = Field(
+        1.0,
+        gt=0,
+        le=4,
+        description="images are resized by this factor before the detector sees them, in "
+        "training and prediction: 0.5 detects 40x scans at 20x (a quarter of the pixels)",
+    )
+    mpp: float | None = Field(
+        None,
+        gt=0,
+        description="µm per pixel of the images as read (null: unknown); the checkpoint "
+        "records mpp / scale as the µm/px the detector was trained at",
+    )
+    cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="decoded (resized) images each data-loading process keeps in memory, MiB; "
+        "tiles are drawn at random over images, so without room for most of them every tile "
+        "decodes its image again",
+    )
     tiling: TilingConfig = TilingConfig()
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from pathodet.data.io import atomic_write_text
-from pathodet.data.names import parse_digestpath_name
+from pathodet.data.names import case_of, parse_digestpath_name
 
 Attribute = Literal["AP", "NP", "unknown"]
 """``unknown``: a pseudo-labeled tile from an unlabeled slide or image (PU purification);
@@ -55,8 +55,10 @@ class ImageRecord:
         attribute: ``"AP"`` (abnormal, partially annotated) or ``"NP"`` (normal, no SRC);
             ``"unknown"`` only for pseudo-labeled tiles (:mod:`pathodet.data.pseudo`).
         annotation: path of its VOC XML, or ``None`` when there is none.
-        slide_id: the slide the image was cut from (grouping key for folds).
+        slide_id: the slide the image was cut from.
         fold: the cross-validation fold when read from a split manifest, else ``None``.
+        case_id: the patient case of the slide (default grouping key for folds); empty
+            means "parse it from the slide id" (:func:`pathodet.data.names.case_of`).
     """
 
     image: Path
@@ -64,6 +66,11 @@ class ImageRecord:
     annotation: Path | None
     slide_id: str
     fold: int | None = None
+    case_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.case_id:
+            object.__setattr__(self, "case_id", case_of(self.slide_id))
 
     @property
     def name(self) -> str:
@@ -115,10 +122,11 @@ def scan_digestpath(root: str | os.PathLike[str]) -> list[ImageRecord]:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[ImageRecord]:
-    """Read a manifest CSV: columns ``image,attribute,annotation`` (+ optional ``slide_id``, ``fold``).
+    """Read a manifest CSV: columns ``image,attribute,annotation`` (+ optional ``slide_id``, ``case_id``, ``fold``).
 
     Relative paths are taken relative to the manifest's folder. ``annotation`` may be empty.
-    ``slide_id`` defaults to the one parsed from the image name.
+    ``slide_id`` defaults to the one parsed from the image name, ``case_id`` to the case
+    that slide id names.
 
     Raises:
         DatasetError: the file is missing, lacks a required column, or a row is malformed
@@ -162,6 +170,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ImageRecord]:
                 slide_id=(row.get("slide_id") or "").strip()
                 or parse_digestpath_name(image_path.stem).slide_id,
                 fold=fold,
+                case_id=(row.get("case_id") or "").strip(),
             )
         )
     return records
@@ -170,7 +179,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ImageRecord]:
 def write_manifest(
     path: str | os.PathLike[str], records: Sequence[ImageRecord], *, relative_to: Path | None = None
 ) -> Path:
-    """Write records as a manifest CSV (atomically), with ``slide_id`` and ``fold`` columns."""
+    """Write records as a manifest CSV (atomically), with ``slide_id``, ``fold``, ``case_id``."""
     path = Path(path)
     base = (relative_to or path.parent).resolve()
 
@@ -183,10 +192,10 @@ def write_manifest(
         except ValueError:
             return p.as_posix()
 
-    lines: list[list[str]] = [[*MANIFEST_COLUMNS, "slide_id", "fold"]]
+    lines: list[list[str]] = [[*MANIFEST_COLUMNS, "slide_id", "fold", "case_id"]]
     for r in records:
         fold = "" if r.fold is None else str(r.fold)
-        lines.append([rel(r.image), r.attribute, rel(r.annotation), r.slide_id, fold])
+        lines.append([rel(r.image), r.attribute, rel(r.annotation), r.slide_id, fold, r.case_id])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(lines)
     return atomic_write_text(path, buf.getvalue())

@@ -341,6 +341,25 @@ def load_samples(
     return samples, problems
 
 
+def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """``(H, W, 3)`` uint8 image resized by ``scale`` to ``(round(H*s), round(W*s), 3)``.
+
+    ``scale < 1`` averages pixels (PIL's box filter: 40x -> 20x at 0.5 is a 2x2 mean);
+    ``scale > 1`` interpolates bilinearly; ``scale == 1`` returns the array itself.
+
+    Raises:
+        ValueError: ``scale`` is not positive.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    if scale == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, method))
+
+
 def summarize(samples: Sequence[Sample], problems: Sequence[Problem]) -> dict:
     """The dataset summary printed by ``pathodet data summary``.
 
@@ -356,6 +375,11 @@ def summarize(samples: Sequence[Sample], problems: Sequence[Problem]) -> dict:
         "boxes": n_boxes,
         "clipped_boxes": int(sum(s.clipped for s in samples)),
         "slides": len({s.record.slide_id for s in samples}),
+        "cases": len({s.record.case_id for s in samples}),
+        "AP_slides": len({s.record.slide_id for s in ap}),
+        "AP_cases": len({s.record.case_id for s in ap}),
+        "NP_slides": len({s.record.slide_id for s in nps}),
+        "NP_cases": len({s.record.case_id for s in nps}),
         "median_box_size_px": (
             [round(float(v), 1) for v in np.median(np.stack(sizes), axis=0)] if sizes else None
         ),

@@ -39,17 +39,6 @@ ROWS = (
 )
 
 
-def operating_threshold(thresholds: np.ndarray, nfp: np.ndarray, fps: float) -> float | None:
-    """Lowest score threshold whose false positives per NP image stay <= ``fps``.
-
-    ``thresholds`` descend (``+inf`` first) and ``nfp`` rises with them, as
-    :func:`pathodet.eval.metrics.froc_curve` returns them. None when even the most
-    confident detection exceeds ``fps`` or there is no detection at all.
-    """
-    ok = np.flatnonzero((nfp <= fps) & np.isfinite(thresholds))
-    return float(thresholds[ok[-1]]) if len(ok) else None
-
-
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"

@@ -42,7 +42,7 @@ from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import truth_path, write_synthetic_slide
 from pathodet.demo.calibrate import calibrated_speed, measure_speed
 from pathodet.demo.progress import DemoProgress
-from pathodet.demo.report import operating_threshold, review_command, write_report
+from pathodet.demo.report import review_command, write_report
 from pathodet.demo.settings import (
     LOSSES,
     MIN_FULL_STEPS,
@@ -60,7 +60,7 @@ from pathodet.engine.predict_run import checkpoint_fingerprint, run_predict
 from pathodet.engine.run_dir import LAST, can_resume
 from pathodet.engine.train import train
 from pathodet.eval.matching import greedy_match
-from pathodet.eval.metrics import curve
+from pathodet.eval.metrics import curve, operating_threshold
 from pathodet.eval.report import froc_png
 from pathodet.eval.run import run_evaluate
 from pathodet.eval.truth import load_truth

@@ -17,6 +17,8 @@ A checkpoint is a dict of tensors and plain Python values only (loaded with
     machine              the precision the run computed in and the CPU it ran on (model,
                          torch's capability, native bf16 or not, threads; see
                          pathodet.core.machine.machine_record)
+    pixels               the pixel size learnt at: {"scale": data.scale, "source_mpp": data.mpp,
+                         "detector_mpp": mpp / scale or None}; predict resizes by ``scale``
 
 The file is written to a temporary name in the same folder, flushed to disk, then renamed
 over the target, so a run killed at any moment leaves either the old or the new file whole.

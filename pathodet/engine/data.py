@@ -13,6 +13,7 @@ With co-mining on, the tiles also get their colour view and, where the dataset h
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,15 @@ class TrainingData:
     truth: dict[str, np.ndarray] | None = None
 
 
+def images_in(cache_mb: int, samples: Sequence[Sample], scale: float) -> int:
+    """How many decoded images of ``samples`` (resized by ``scale``) fit in ``cache_mb`` MiB
+    (uint8 RGB; at least 2, consecutive tiles often share an image)."""
+    if not samples:
+        return 2
+    mean_bytes = np.mean([s.width * s.height * 3 * scale**2 for s in samples])
+    return max(2, int(cache_mb * 2**20 // max(mean_bytes, 1)))
+
+
 def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
     """Read, split and tile the dataset named by ``data``.
 
@@ -59,7 +69,7 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
         raise DatasetError(f"{source}: no images found")
     if any(r.fold is None for r in records):
         try:
-            records = assign_folds(records, data.num_folds, data.fold_seed)
+            records = assign_folds(records, data.num_folds, data.fold_seed, data.fold_group)
         except ValueError as exc:
             raise DatasetError(f"{source}: {exc} (lower data.num_folds)") from None
     if data.held_out_fold not in {r.fold for r in records}:
@@ -72,8 +82,9 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
         pseudo, pseudo_problems = load_pseudo_samples(data.pseudo)
         train_samples, problems = train_samples + pseudo, problems + pseudo_problems
     t = data.tiling
-    tiles = TileDataset(train_samples, t.tile_size, t.stride, t.min_visible)
-    val = TileDataset(val_samples, t.tile_size, t.stride, t.min_visible)
+    tiles = TileDataset(train_samples, t.tile_size, t.stride, t.min_visible, scale=data.scale,
+                        cache_images=images_in(data.cache_mb, train_samples, data.scale))  # fmt: skip
+    val = TileDataset(val_samples, t.tile_size, t.stride, t.min_visible, scale=data.scale)
     attrs = tiles.attributes()
     counts = tiles.box_counts() if train.ap_tiles == "annotated" else [1] * len(tiles)
     # pseudo-labeled tiles of attribute unknown are AP-like: drawn with the AP tiles

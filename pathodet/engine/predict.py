@@ -13,7 +13,7 @@ boxes from both sides).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from torchvision.ops import nms
 
 from pathodet.core.machine import share_cores
 from pathodet.data.predictions import ImagePredictions
-from pathodet.data.samples import read_image
+from pathodet.data.samples import read_image, rescale_image
 from pathodet.data.tiling import window_starts
 from pathodet.engine.step import Precision, autocast
 from pathodet.model.retinanet import SRCRetinaNet, postprocess
@@ -49,8 +49,13 @@ class PredictSettings:
     score_threshold: float = 0.05
     nms_iou: float = 0.5
     max_per_image: int = 2000
+    scale: float | None = None
+    """Images are resized by this before detection (boxes come back in image pixels);
+    ``None``: the checkpoint's ``data.scale`` (see :func:`run_predict`), 1.0 elsewhere."""
 
     def __post_init__(self) -> None:
+        if self.scale is not None and self.scale <= 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
         if not 0 < self.nms_iou <= 1:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
         if self.tile < 64 or self.tile % 32:
@@ -114,7 +119,18 @@ def detect_image(
     """Detections of one ``(H, W, 3)`` uint8 image in its pixel coordinates.
 
     ``model`` is the detector, or any :data:`WindowDetector` (tests use a pixel-rule one).
+    With ``settings.scale`` not 1 the image is resized first (windows and overlap are in
+    resized pixels) and the boxes are mapped back to the image's own pixels.
     """
+    if settings.scale not in (None, 1.0):
+        h, w = rgb.shape[:2]
+        small = rescale_image(rgb, settings.scale)
+        found = detect_image(model, small, replace(settings, scale=1.0), device)
+        fx, fy = w / small.shape[1], h / small.shape[0]
+        boxes = found.boxes * np.array([fx, fy, fx, fy])
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+        return ImagePredictions(boxes, found.scores)
     if isinstance(model, SRCRetinaNet):
         detect = retinanet_detector(model, settings, device or torch.device("cpu"))
     else:

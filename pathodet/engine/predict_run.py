@@ -111,10 +111,12 @@ def run_predict(
 ) -> dict:
     """Predict every image; returns ``{"images", "predictions", "problems", "skipped"}``."""
     paths = list_images(inputs)
-    model, _ = load_detector(checkpoint)
+    model, cfg = load_detector(checkpoint)
     dev = pick_device(device, env_dist_info())
     model.to(dev)
     settings = replace(settings, precision=resolve_precision(settings.precision, dev))
+    if settings.scale is None:  # detect at the pixel size the model was trained at
+        settings = replace(settings, scale=cfg.data.scale)
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)
     fp = _fingerprint(Path(checkpoint), settings)

@@ -20,7 +20,7 @@ def absolute_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` with every file path absolute, so a run resumes from any directory."""
     cfg = cfg.model_copy(deep=True)
     for section, key in (("data", "root"), ("data", "folds"), ("data", "pseudo"),
-                         ("model", "weights")):  # fmt: skip
+                         ("model", "weights"), ("model", "init")):  # fmt: skip
         obj = getattr(cfg, section)
         if getattr(obj, key) is not None:
             setattr(obj, key, Path(getattr(obj, key)).absolute())

@@ -86,6 +86,21 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
 
 
+def init_from_checkpoint(model: SRCRetinaNet, path: Path) -> None:
+    """Load the detector weights of a pathodet checkpoint into ``model`` (fine-tuning).
+
+    Raises:
+        CheckpointError: the file is not a loadable checkpoint.
+        ValueError: its detector has another shape (e.g. another ``model.fpn_channels``).
+    """
+    state = load_checkpoint(path)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(f"{path}: model.init holds another detector: {first[0].strip()}") from None
+
+
 class RunExists(ValueError):
     """``--out`` already holds a run and ``--resume`` was not given."""
 
@@ -115,6 +130,9 @@ class Trainer:
         quiet = log if self.info.is_main else (lambda _: None)
         self.precision = resolve_precision(tc.precision, self.device, quiet)
         self.machine = machine_record(self.precision, self.device)  # recorded in every checkpoint
+        d = cfg.data  # the pixel size the detector learns at, recorded in every checkpoint
+        self.pixels = {"scale": d.scale, "source_mpp": d.mpp,
+                       "detector_mpp": None if d.mpp is None else d.mpp / d.scale}  # fmt: skip
         if not resume and (self.run_dir / LAST).exists():  # every rank: nobody waits alone
             raise RunExists(
                 f"{self.run_dir} already holds a run (last.pt): continue it with --resume "
@@ -123,6 +141,8 @@ class Trainer:
         self.data: TrainingData = training_data(cfg.data, tc)
         torch.manual_seed(tc.seed)
         model = build_retinanet(cfg.model)
+        if cfg.model.init is not None and not resume:  # fine-tuning: start from its weights
+            init_from_checkpoint(model, cfg.model.init)
         resolved = resolve_norm(cfg.model.norm, model.pretrained)
         self.cfg = absolute_paths(cfg)
         self.cfg.model.norm = resolved  # type: ignore[assignment]
@@ -211,6 +231,7 @@ class Trainer:
             "mining": self.mining,
             "adapters": None if self.distiller is None else self.distiller.adapters.state_dict(),
             "machine": self.machine,
+            "pixels": self.pixels,
         }
 
     def save(self, name: str = LAST) -> None:

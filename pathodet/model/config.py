@@ -57,6 +57,11 @@ class ModelConfig(Strict):
         None,
         description="local ImageNet ResNet-18 state dict; else torchvision's cache; else scratch",
     )
+    init: Path | None = Field(
+        None,
+        description="a pathodet checkpoint whose detector weights start training "
+        "(fine-tuning, e.g. from a model trained on synthetic data); same architecture",
+    )
     norm: Literal["auto", "frozen_bn", "bn", "gn"] = "auto"
     trainable_layers: int = Field(5, ge=0, le=5)
     fpn_channels: int = Field(256, gt=0)

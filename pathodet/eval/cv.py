@@ -1,0 +1,250 @@
+"""``pathodet cv``: the DGHM paper's protocol (section 4.2) in one command.
+
+One model per case-grouped fold: train on the other folds, predict the held-out images
+with the whole-image path, evaluate them as the challenge does, then report every fold
+and the mean ± sample std (the form of the paper's Tables 1, 3 and 5) with all the
+folds' FROC curves in one plot. Layout of ``out``::
+
+    folds.csv                  the split (image, attribute, annotation, slide_id, fold, case_id)
+    fold-<f>/run/              the training run (last.pt, metrics.csv; resumable)
+    fold-<f>/held-out.csv      the held-out images
+    fold-<f>/predictions/      predict's output (resumable per image)
+    fold-<f>/eval/             metrics.json, froc.png, report.md of the held-out images
+    fold-<f>/fold.json         training minutes (summed over resumes), steps, operating point
+    cv.json, cv.md, froc.png   every fold, mean ± std, all FROC curves
+
+A killed run continues where it stopped: a finished fold is skipped, a fold whose run
+holds a ``last.pt`` is resumed, predictions already written are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pathodet.config import Config
+from pathodet.data.digestpath import DatasetError, load_records, read_manifest, write_manifest
+from pathodet.data.folds import Group, assign_folds, fold_summary
+from pathodet.data.io import atomic_write_text
+from pathodet.data.predictions import ImagePredictions, read_predictions
+from pathodet.engine.checkpoint import load_checkpoint
+from pathodet.engine.predict import PredictSettings
+from pathodet.engine.predict_run import run_predict
+from pathodet.engine.run_dir import LAST
+from pathodet.engine.train import train
+from pathodet.eval.metrics import FROC_FPS, curve, evaluate, operating_threshold
+from pathodet.eval.report import froc_png
+from pathodet.eval.run import run_evaluate
+from pathodet.eval.truth import load_truth
+
+FOLD_KEYS = ("recall", "precision", "nfp", "froc", "precision_at_1fp", "recall_at_1fp",
+             "train_minutes")  # fmt: skip
+"""The per-fold columns of ``cv.md`` (FROC points are added from ``froc_points``)."""
+
+
+def make_folds(root: Path, out: Path, k: int, seed: int, group: Group) -> Path:
+    """Write (or reuse) ``out/folds.csv``; a reused split must list the same images.
+
+    Raises:
+        DatasetError: ``folds.csv`` exists but was made from other images or another k.
+    """
+    path = out / "folds.csv"
+    records = assign_folds(load_records(root), k=k, seed=seed, group=group)
+    if path.is_file():
+        old = read_manifest(path)
+        same = {(r.image.resolve(), r.fold) for r in old} == {
+            (r.image.resolve(), r.fold) for r in records
+        }
+        if not same:
+            raise DatasetError(
+                f"{path}: holds another split (other images, --folds, --seed or --group); "
+                "choose another --out"
+            )
+        return path
+    write_manifest(path, records)
+    return path
+
+
+def _fold_cfg(cfg: Config, folds_csv: Path, fold: int) -> Config:
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.root = folds_csv.resolve()
+    cfg.data.folds = None
+    cfg.data.held_out_fold = fold
+    return cfg
+
+
+def _train_fold(cfg: Config, run_dir: Path, log: Callable[[str], None], progress: bool) -> dict:
+    """Train, or resume, one fold's run; returns ``{"steps", "seconds"}`` summed over resumes."""
+    timing = run_dir / "cv-time.json"
+    before = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    resume = (run_dir / LAST).is_file()
+    t0 = time.perf_counter()
+    summary = train(cfg, run_dir, resume=resume, progress=progress, log=log)
+    seconds = before + time.perf_counter() - t0
+    atomic_write_text(timing, json.dumps({"seconds": seconds}))
+    return {"steps": summary["steps"], "seconds": seconds, "resumed": resume}
+
+
+def operating_point(
+    preds: dict[str, ImagePredictions], truth, threshold: float | None, iou: float
+) -> dict:
+    """Recall and precision of the detections scoring at least ``threshold`` (None: n/a)."""
+    if threshold is None:
+        return {"threshold_at_1fp": None, "precision_at_1fp": None, "recall_at_1fp": None}
+    kept = {
+        n: ImagePredictions(p.boxes[p.scores >= threshold], p.scores[p.scores >= threshold])
+        for n, p in preds.items()
+    }
+    m = evaluate(kept, truth, iou)
+    return {"threshold_at_1fp": threshold, "precision_at_1fp": m["precision"],
+            "recall_at_1fp": m["recall"]}  # fmt: skip
+
+
+def run_fold(
+    cfg: Config,
+    folds_csv: Path,
+    fold: int,
+    out: Path,
+    settings: PredictSettings,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> dict:
+    """Train, predict and evaluate one fold into ``out/fold-<fold>``; returns ``fold.json``."""
+    folder = out / f"fold-{fold}"
+    done = folder / "fold.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    trained = _train_fold(_fold_cfg(cfg, folds_csv, fold), folder / "run", log, progress)
+    held_out = [r for r in read_manifest(folds_csv) if r.fold == fold]
+    manifest = write_manifest(folder / "held-out.csv", held_out)
+    t0 = time.perf_counter()
+    pred = folder / "predictions"
+    run_predict(folder / "run" / LAST, [r.image for r in held_out], pred, settings)
+    predict_seconds = time.perf_counter() - t0
+    metrics = run_evaluate(manifest, pred / "predictions.csv", folder / "eval")
+    gt = load_truth(manifest)
+    preds = read_predictions(pred / "predictions.csv", images=gt.truth)
+    thresholds, _, nfp = curve(preds, gt.truth)
+    point = operating_point(preds, gt.truth, operating_threshold(thresholds, nfp, 1.0), 0.3)
+    state = load_checkpoint(folder / "run" / LAST)
+    record = {
+        "fold": fold,
+        **{
+            k: metrics.get(k)
+            for k in (
+                "recall",
+                "precision",
+                "nfp",
+                "froc",
+                "froc_points",
+                "num_gt",
+                "num_positive_images",
+                "num_negative_images",
+            )
+        },  # fmt: skip
+        **point,
+        "steps": trained["steps"],
+        "train_minutes": trained["seconds"] / 60,
+        "predict_minutes": predict_seconds / 60,
+        "machine": state.get("machine"),
+        "pixels": state.get("pixels"),
+    }
+    atomic_write_text(done, json.dumps(record, indent=2))
+    return record
+
+
+def summarize_cv(records: list[dict]) -> dict:
+    """Per-fold rows and mean ± sample std (ddof 1) of every numeric column."""
+    out: dict = {"folds": records}
+    keys = [*FOLD_KEYS, "steps", *(f"froc@{k}" for k in FROC_FPS)]
+    for r in records:
+        for k in FROC_FPS:
+            r[f"froc@{k}"] = (r.get("froc_points") or {}).get(str(k))
+    for k in keys:
+        vals = [r[k] for r in records if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = {"mean": float(np.mean(vals)), "n": len(vals),
+                      "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}  # fmt: skip
+    return out
+
+
+def cv_table_md(summary: dict, title: str) -> str:
+    """Markdown: one row per fold, then mean ± std."""
+
+    def f(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    keys = [k for k in (*FOLD_KEYS, "steps") if any(k in r for r in summary["folds"])]
+    lines = [f"# {title}", "", "| fold | " + " | ".join(keys) + " |",
+             "|---|" + "---|" * len(keys)]  # fmt: skip
+    for r in summary["folds"]:
+        lines.append(f"| {r['fold']} | " + " | ".join(f(r.get(k)) for k in keys) + " |")
+    agg = [f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" if k in summary else "n/a"
+           for k in keys]  # fmt: skip
+    lines.append("| mean ± std | " + " | ".join(agg) + " |")
+    pts = [f"{k}: {summary[f'froc@{k}']['mean']:.3f}" for k in FROC_FPS if f"froc@{k}" in summary]
+    lines += ["", "Mean recall at FPs per NP image: " + ", ".join(pts), ""]
+    return "\n".join(lines)
+
+
+def run_cv(
+    cfg: Config,
+    root: Path,
+    out: Path,
+    k: int = 5,
+    seed: int = 0,
+    group: Group = "case",
+    settings: PredictSettings | None = None,
+    only: list[int] | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> dict:
+    """Run (or continue) every fold, then write ``cv.json``, ``cv.md`` and ``froc.png``.
+
+    Args:
+        cfg: the training config (``data.root`` is replaced by the fold manifest).
+        root: DigestPath root or manifest CSV.
+        only: run just these folds (the summary covers every fold finished so far).
+
+    Raises:
+        DatasetError: the data cannot be split into ``k`` groups, or ``out`` holds
+            another split.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        folds_csv = make_folds(root, out, k, seed, group)
+    except ValueError as exc:
+        raise DatasetError(f"{root}: {exc}") from None
+    log(f"pathodet cv: {k} folds grouped by {group}: "
+        + "; ".join(f"{f['fold']}: {f['AP']} AP / {f['NP']} NP, {f['cases']} cases"
+                    for f in fold_summary(read_manifest(folds_csv))))  # fmt: skip
+    settings = settings or PredictSettings()
+    records = []
+    for fold in range(k):
+        if only is not None and fold not in only:
+            continue
+        log(f"pathodet cv: fold {fold}")
+        records.append(run_fold(cfg, folds_csv, fold, out, settings, log, progress))
+        log(f"pathodet cv: fold {fold}: FROC {records[-1]['froc']:.3f}, "
+            f"{records[-1]['train_minutes']:.1f} min training")  # fmt: skip
+    finished = [json.loads(p.read_text()) for p in sorted(out.glob("fold-*/fold.json"))]
+    summary = summarize_cv(finished)
+    summary |= {"k": k, "seed": seed, "group": group, "loss": cfg.loss.name, "root": str(root)}
+    atomic_write_text(out / "cv.json", json.dumps(summary, indent=2))
+    title = f"{cfg.loss.name}: {len(finished)} of {k} case-grouped folds ({root})"
+    atomic_write_text(out / "cv.md", cv_table_md(summary, title))
+    curves = {}
+    for r in finished:
+        folder = out / f"fold-{r['fold']}"
+        gt = load_truth(folder / "held-out.csv")
+        preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.truth)
+        _, recall, nfp = curve(preds, gt.truth)
+        curves[f"fold {r['fold']} (FROC {r['froc']:.3f})"] = (recall, nfp)
+    if curves:
+        froc_png(curves, out / "froc.png")
+    return summary
