@@ -143,7 +143,7 @@ def test_folds_writes_grouped_balanced_split(tmp_path, make_root):
     report = json.loads(result.stdout)
     assert (report["manifest"], report["k"], report["seed"]) == (str(out), 5, 3)
     rows = _read_csv(out)
-    assert list(rows[0]) == ["image", "attribute", "annotation", "slide_id", "fold"]
+    assert list(rows[0]) == ["image", "attribute", "annotation", "slide_id", "fold", "case_id"]
     assert len(rows) == n_pos + n_neg
     fold_of = defaultdict(set)
     for row in rows:
@@ -156,6 +156,7 @@ def test_folds_writes_grouped_balanced_split(tmp_path, make_root):
             "AP": sum(r["fold"] == str(f) and r["attribute"] == "AP" for r in rows),
             "NP": sum(r["fold"] == str(f) and r["attribute"] == "NP" for r in rows),
             "slides": len({r["slide_id"] for r in rows if r["fold"] == str(f)}),
+            "cases": len({r["case_id"] for r in rows if r["fold"] == str(f)}),
         }
         for f in range(5)
     ]
@@ -172,7 +173,7 @@ def test_folds_too_many_folds_exits_2(tmp_path, make_root):
     root = make_root({stem("P", 0): (64, 64, [])}, {stem("N", 0): (64, 64, None)})
     result = invoke("data", "folds", root, "--k", "3", "--out", tmp_path / "f.csv")
     assert result.exit_code == 2
-    assert "cannot make 3 folds from 2 slide(s)" in result.stderr
+    assert "cannot make 3 folds from 2 case(s)" in result.stderr
     assert not (tmp_path / "f.csv").exists()
 
 

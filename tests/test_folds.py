@@ -104,7 +104,7 @@ def test_seed_changes_the_split():
     assert len(splits) > 1
 
 
-@pytest.mark.parametrize("k, slides, match", [(1, 5, "at least 2"), (0, 5, "at least 2"), (4, 3, "from 3 slide")])  # fmt: skip
+@pytest.mark.parametrize("k, slides, match", [(1, 5, "at least 2"), (0, 5, "at least 2"), (4, 3, "from 3 case")])  # fmt: skip
 def test_assign_folds_errors(k, slides, match):
     records = [ImageRecord(Path(f"{i}-{j}.jpeg"), "AP", None, f"s{i}") for i in range(slides) for j in range(2)]  # fmt: skip
     with pytest.raises(ValueError, match=match):
@@ -120,11 +120,33 @@ def test_fold_summary_and_split():
         ImageRecord(Path("e.jpeg"), "NP", None, "s4", None),
     ]
     assert fold_summary(records) == [
-        {"fold": 0, "AP": 1, "NP": 2, "slides": 2},
-        {"fold": 2, "AP": 1, "NP": 0, "slides": 1},
+        {"fold": 0, "AP": 1, "NP": 2, "slides": 2, "cases": 2},
+        {"fold": 2, "AP": 1, "NP": 0, "slides": 1, "cases": 1},
     ]
     with pytest.raises(ValueError, match="no fold"):
         split(records, 0)
     train, val = split(records[:4], 0)
     assert [r.image.name for r in val] == ["a.jpeg", "b.jpeg", "c.jpeg"]
     assert [r.image.name for r in train] == ["d.jpeg"]
+
+
+def test_case_grouping_keeps_slides_of_one_case_together_and_slide_grouping_does_not_have_to():
+    # 6 cases of 3 slides each (blocks 1-1, 1-2, 1-3), 2 images per slide
+    records = [
+        ImageRecord(Path(f"c{c}-b{b}-{j}.jpeg"), "AP" if c % 2 else "NP", None,
+                    f"2018_{60000 + c}_1-{b}")
+        for c in range(6) for b in range(1, 4) for j in range(2)
+    ]  # fmt: skip
+    by_case = assign_folds(records, k=3, seed=0)
+    assert {r.case_id for r in records} == {f"2018_{60000 + c}" for c in range(6)}
+    for c in range(6):
+        assert len({r.fold for r in by_case if r.case_id == f"2018_{60000 + c}"}) == 1
+    by_slide = assign_folds(records, k=3, seed=0, group="slide")
+    for r in by_slide:  # a slide stays together either way
+        assert len({o.fold for o in by_slide if o.slide_id == r.slide_id}) == 1
+    # with 18 slides in 3 folds, slide grouping splits at least one case
+    assert any(
+        len({r.fold for r in by_slide if r.case_id == c}) > 1 for c in {r.case_id for r in records}
+    )
+    with pytest.raises(ValueError, match="group must be"):
+        assign_folds(records, k=3, group="patient")  # type: ignore[arg-type]

@@ -129,7 +129,7 @@ def test_write_then_read_round_trip(tmp_path):
     m = write_manifest(data / "folds.csv", records)
     assert m == data / "folds.csv"
     header = m.read_text().splitlines()[0]
-    assert header == "image,attribute,annotation,slide_id,fold"
+    assert header == "image,attribute,annotation,slide_id,fold,case_id"
     back = read_manifest(m)
     resolved = [
         ImageRecord(

@@ -50,7 +50,7 @@ def test_no_position_suffix_gives_none_positions():
 
 @pytest.mark.parametrize(
     "stem",
-    ["image_001", "2019-02-25 21_57_36", "slide_2019-02-25_21_57_36-lv0-1-2-3-4", "", "a b c"],
+    ["image_001", "slide_2019-02-25_21_57_36-lv0-1-2-3-4", "", "a b c"],
 )
 def test_other_names_are_their_own_slide(stem):
     got = parse_digestpath_name(stem)
@@ -86,3 +86,13 @@ def test_compose_then_parse_round_trip():
         got = parse_digestpath_name(stem)
         # a slide id that itself ends in "_<date> <time>" would be ambiguous; these do not
         assert got == DigestPathName(slide, when, 0, x, y, w, h)
+
+
+def test_a_scan_stamp_alone_names_its_slide():
+    # NP slides of the release named by scan date and time only: the stamp is the slide
+    got = parse_digestpath_name("2019-02-25 21_57_36")
+    assert got.slide_id == "2019-02-25 21_57_36" and got.scan_time is not None
+    a = parse_digestpath_name("2018-07-04 00_01_20-lv0-27019-31137-2000-2000")
+    b = parse_digestpath_name("2018-07-04 00_01_20-lv0-34393-1200-2000-2000")
+    assert a.slide_id == b.slide_id == "2018-07-04 00_01_20"
+    assert (a.x, a.y) == (27019, 31137)
