@@ -279,6 +279,9 @@ def cv_cmd(
         list[int] | None, typer.Option(help="Run only this fold (repeatable); default all.")
     ] = None,
     tile: Annotated[int, typer.Option(help="Prediction window side, pixels.")] = 1024,
+    nms_iou: Annotated[
+        float, typer.Option(help="Prediction NMS: suppress a detection overlapping a better one.")
+    ] = 0.3,
     quiet: Annotated[bool, typer.Option(help="No training progress bar.")] = False,
 ) -> None:
     """Cross-validate: one model per case-grouped fold, each fold's held-out images predicted
@@ -295,7 +298,7 @@ def cv_cmd(
         cfg = load_config(config, set_)
         target = out or Path("runs") / f"cv-{config.stem}"
         summary = run_cv(cfg, data, target, folds, seed, group,  # type: ignore[arg-type]
-                         PredictSettings(tile=tile), fold, lambda m: typer.echo(m, err=True),
+                         PredictSettings(tile=tile, nms_iou=nms_iou), fold, lambda m: typer.echo(m, err=True),
                          progress=not quiet)  # fmt: skip
     typer.echo((target / "cv.md").read_text())
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "folds"}))

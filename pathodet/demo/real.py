@@ -56,6 +56,11 @@ REAL_RECIPE = (
 why each: the comments of that file and docs/real-data.md."""
 
 
+NMS_IOU = 0.3
+"""Prediction NMS of the real demo and ``pathodet cv``: neighbouring SRCs touch but their
+boxes overlap far less than 0.3, while duplicates of one cell overlap more."""
+
+
 def real_config(loss: str, seed: int = 0, extra: list[str] | None = None) -> Config:
     """The real-data training config of one model (``data.root`` is set per fold)."""
     return load_config(
@@ -76,7 +81,7 @@ def run_real_demo(
     """Run (or continue) the real-data demo; returns what ``OUT/demo.json`` holds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    settings = PredictSettings()
+    settings = PredictSettings(nms_iou=NMS_IOU)
     folders = {loss: out / "cv" / loss for loss in LOSSES}
     manifests = {}
     for loss, folder in folders.items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -116,8 +117,12 @@ def run_fold(
     """Train, predict and evaluate one fold into ``out/fold-<fold>``; returns ``fold.json``."""
     folder = out / f"fold-{fold}"
     done = folder / "fold.json"
+    wanted = {k: v for k, v in asdict(settings).items() if k != "precision"}
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if record.get("predict_settings") == wanted:
+            return record
+        done.unlink()  # other prediction settings: the trained run is kept, predicted again
     folder.mkdir(parents=True, exist_ok=True)
     trained = _train_fold(_fold_cfg(cfg, folds_csv, fold), folder / "run", log, progress)
     held_out = [r for r in read_manifest(folds_csv) if r.fold == fold]
@@ -151,6 +156,7 @@ def run_fold(
         "steps": trained["steps"],
         "train_minutes": trained["seconds"] / 60,
         "predict_minutes": predict_seconds / 60,
+        "predict_settings": wanted,
         "machine": state.get("machine"),
         "pixels": state.get("pixels"),
     }
