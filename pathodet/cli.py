@@ -93,7 +93,9 @@ def data_folds(
     ] = "case",
     out: Annotated[
         Path,
-        typer.Option(help="Manifest CSV to write (image, attribute, annotation, slide_id, fold)."),
+        typer.Option(
+            help="Manifest CSV to write (image, attribute, annotation, slide_id, fold, case_id)."
+        ),
     ] = Path("folds.csv"),
 ) -> None:
     """Split images into K folds grouped by case (a case, and so a slide, never spans two)."""

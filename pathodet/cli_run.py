@@ -94,8 +94,12 @@ def predict_cmd(
         bool, typer.Option("--slides", help="Treat every input file as a slide (any image).")
     ] = False,
     target_mpp: Annotated[
-        float, typer.Option(help="Slides: µm/px the model was trained at.")
-    ] = 0.25,
+        float | None,
+        typer.Option(
+            help="Slides: µm/px to detect at (default: the checkpoint's; 0.25 / data.scale "
+            "when its data.mpp is unknown)."
+        ),
+    ] = None,
     assumed_mpp: Annotated[
         float, typer.Option(help="Slides: µm/px of level 0 when the slide does not say.")
     ] = 0.25,
@@ -144,8 +148,10 @@ def predict_cmd(
                     summary["images"] = run_predict(checkpoint, images, out, settings, overlays,
                                                     workers, device, update)  # fmt: skip
             if slide_paths:
-                model, _ = load_detector(checkpoint)
+                model, cfg = load_detector(checkpoint)
                 detector = retinanet_detector(model.to(dev), settings, dev)
+                if target_mpp is None:  # the pixel size the model learnt at
+                    target_mpp = (cfg.data.mpp or 0.25) / cfg.data.scale
                 slide_settings = SlideSettings(
                     target_mpp=target_mpp, assumed_mpp=assumed_mpp,
                     count_threshold=count_threshold, density_um=density_um, num_workers=workers,

@@ -235,3 +235,22 @@ def test_boxes_clipped_to_a_sliver_at_the_image_edge_are_dropped(tmp_path):
     write_predictions(tmp_path / "p.csv", {"a.png": got})
     back = read_predictions(tmp_path / "p.csv")["a.png"]
     assert len(back.scores) == 2
+
+
+def test_detection_at_half_scale_returns_boxes_in_the_images_pixels():
+    """At scale 0.5 the detector sees a 1000 px image; boxes come back in 2000 px pixels.
+    Squares of even side at even positions halve exactly, so the boxes are the truth's."""
+    rgb = np.full((2000, 2000, 3), 255, np.uint8)
+    truth = np.array([[100, 200, 160, 260], [1500, 40, 1540, 120], [998, 1400, 1060, 1450]])
+    for x1, y1, x2, y2 in truth:
+        rgb[y1:y2, x1:x2] = 0
+    seen = []
+
+    def recording(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        seen.append(images.shape[-1])
+        return blob_detector(images)
+
+    got = detect_image(recording, rgb, PredictSettings(tile=1024, overlap=0, scale=0.5))
+    assert seen == [1024]  # one padded window of the 1000 px image, not four of 2000
+    order = lambda b: b[np.lexsort((b[:, 1], b[:, 0]))]  # noqa: E731
+    np.testing.assert_allclose(order(got.boxes), order(truth.astype(float)))

@@ -277,3 +277,30 @@ def test_tile_dataset_from_a_loaded_jpeg(tmp_path):
     np.testing.assert_array_equal(second["box_index"], [0])
     assert ds[3]["boxes"].shape == (0, 4)  # window (100, 50, 300, 250): nothing
     assert ds[3]["attribute"] == "AP"
+
+
+def test_tiles_at_half_scale_hold_the_resized_image_and_boxes(tmp_path):
+    """scale=0.5: the 40x image is tiled at 20x; a box keeps its place on the resized pixels."""
+
+    from pathodet.data.samples import rescale_image
+
+    rgb = np.full((400, 600, 3), 255, np.uint8)
+    rgb[100:140, 200:240] = 0  # a dark 40 x 40 cell
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).save(path)
+    box = np.array([[200, 100, 240, 140]], np.float32)
+    sample = Sample(ImageRecord(path, "AP", None, "s"), 600, 400, box)
+    tiles = TileDataset([sample], tile=128, stride=128, scale=0.5)
+    assert (tiles.samples[0].width, tiles.samples[0].height) == (300, 200)
+    assert len(tiles) == 3 * 2  # windows of the 300 x 200 image
+    items = [tiles[k] for k in range(len(tiles)) if len(tiles[k]["boxes"])]
+    assert len(items) == 1
+    item = items[0]
+    x1, y1 = item["window"][:2]
+    np.testing.assert_allclose(item["boxes"][0] + [x1, y1, x1, y1], [100, 50, 120, 70])
+    bx1, by1, bx2, by2 = (item["boxes"][0]).astype(int)
+    assert item["image"][by1:by2, bx1:bx2].max() == 0  # the box covers the dark cell
+    assert rescale_image(rgb, 0.5).shape == (200, 300, 3)
+    assert rescale_image(rgb, 1.0) is rgb
+    with pytest.raises(ValueError, match="positive"):
+        rescale_image(rgb, 0.0)

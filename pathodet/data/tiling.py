@@ -76,18 +76,26 @@ def boxes_in_window(
     return clipped.astype(np.float32).reshape(-1, 4), index.astype(np.int64)
 
 
+def rescale_factors(width: int, height: int, scale: float) -> np.ndarray:
+    """``(4,)`` float32 ``[sx, sy, sx, sy]`` that map boxes of a ``width x height`` image into
+    the pixels of the same image resized by ``scale`` (:func:`rescale_image`'s rounding)."""
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    return np.array([w / width, h / height] * 2, np.float32)
+
+
 def _rescaled(sample: Sample, scale: float) -> Sample:
     """The sample as the detector sees it at ``scale``: size and boxes in resized pixels."""
     if scale == 1.0:
         return sample
+    f = rescale_factors(sample.width, sample.height, scale)
     w, h = max(1, round(sample.width * scale)), max(1, round(sample.height * scale))
-    boxes = sample.boxes * np.array([w / sample.width, h / sample.height] * 2, np.float32)
-    return replace(sample, width=w, height=h, boxes=boxes.astype(np.float32))
+    return replace(sample, width=w, height=h, boxes=(sample.boxes * f).astype(np.float32))
 
 
 @dataclass(frozen=True)
 class TileRef:
-    """Where one tile comes from: sample index and window ``(x1, y1, x2, y2)`` in image pixels."""
+    """Where one tile comes from: sample index and window ``(x1, y1, x2, y2)`` in the pixels
+    the detector sees (the image's own unless the dataset resizes by ``scale``)."""
 
     sample: int
     window: tuple[int, int, int, int]
@@ -103,7 +111,8 @@ class TileDataset:
         ``attribute``: ``"AP"`` or ``"NP"`` of the source image (an AP tile stays AP even
         when no annotated box falls in it), ``"unknown"`` for a pseudo-labeled pool tile;
         ``pseudo``: its boxes are pseudo-labels (:mod:`pathodet.data.pseudo`);
-        ``name``: source image file name; ``window``: ``(4,)`` int64 window in image pixels.
+        ``name``: source image file name; ``window``: ``(4,)`` int64 window in image pixels
+        (resized pixels when ``scale`` is not 1, see below).
 
     ``scale`` resizes every image (and its boxes) before tiling: ``0.5`` detects 40x
     scans at 20x. Windows and boxes are then in pixels of the resized image, and

@@ -25,7 +25,7 @@ from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import read_predictions
 from pathodet.demo.settings import LOSSES
 from pathodet.engine.predict import PredictSettings
-from pathodet.eval.cv import cv_table_md, make_folds, run_fold, summarize_cv
+from pathodet.eval.cv import cv_table_md, finished_folds, fmt, make_folds, run_fold, summarize_cv
 from pathodet.eval.metrics import curve
 from pathodet.eval.overlays import cv_overlays
 from pathodet.eval.report import froc_png
@@ -95,12 +95,12 @@ def run_real_demo(
             echo(f"fold {fold}, {LOSSES[loss]}")
             rec = run_fold(real_config(loss, seed, extra), manifests[loss], fold, folder,
                            settings, echo, progress)  # fmt: skip
-            echo(f"fold {fold}, {LOSSES[loss]}: FROC {rec['froc']:.3f}, "
+            echo(f"fold {fold}, {LOSSES[loss]}: FROC {fmt(rec['froc'])}, "
                  f"{rec['train_minutes']:.1f} min training")  # fmt: skip
     result: dict = {"root": str(root), "k": k, "folds_run": todo, "losses": {}}
     curves = {}
     for loss, folder in folders.items():
-        finished = [json.loads(p.read_text()) for p in sorted(folder.glob("fold-*/fold.json"))]
+        finished = finished_folds(folder, settings, echo)
         summary = summarize_cv(finished)
         result["losses"][loss] = summary
         atomic_write_text(folder / "cv.json", json.dumps(summary, indent=2))

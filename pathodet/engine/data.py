@@ -25,7 +25,7 @@ from pathodet.data.digestpath import FULL_DIR, DatasetError, Problem, load_recor
 from pathodet.data.folds import assign_folds, split
 from pathodet.data.pseudo import load_pseudo_samples
 from pathodet.data.samples import Sample, load_sample, load_samples
-from pathodet.data.tiling import TileDataset, boxes_in_window
+from pathodet.data.tiling import TileDataset, boxes_in_window, rescale_factors
 from pathodet.engine.config import TrainConfig
 
 
@@ -78,6 +78,11 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
     train_samples, problems = load_samples(train_records)
     val_samples, val_problems = load_samples(val_records)
     truth = full_truth(train_samples) if train.comining.enabled else None
+    if truth is not None and data.scale != 1.0:  # into the detector's (resized) pixels
+        factor = {
+            s.record.name: rescale_factors(s.width, s.height, data.scale) for s in train_samples
+        }
+        truth = {n: (b * factor[n]).astype(np.float32) for n, b in truth.items()}
     if data.pseudo is not None:
         pseudo, pseudo_problems = load_pseudo_samples(data.pseudo)
         train_samples, problems = train_samples + pseudo, problems + pseudo_problems

@@ -44,8 +44,8 @@ class Distiller(nn.Module):
         if cfg.teacher is None:
             raise CheckpointError("train.distill needs train.distill.teacher=RUN/last.pt")
         teacher, tcfg = load_detector(cfg.teacher)
-        mine = student.model_dump(exclude={"weights", "norm", "inference"})
-        theirs = tcfg.model.model_dump(exclude={"weights", "norm", "inference"})
+        mine = student.model_dump(exclude={"weights", "init", "norm", "inference"})
+        theirs = tcfg.model.model_dump(exclude={"weights", "init", "norm", "inference"})
         if mine != theirs:
             diff = sorted(k for k in mine if mine[k] != theirs.get(k))
             raise CheckpointError(

@@ -70,6 +70,20 @@ def make_folds(root: Path, out: Path, k: int, seed: int, group: Group) -> Path:
     return path
 
 
+def predict_record(settings: PredictSettings) -> dict:
+    """The prediction settings a fold's results depend on (precision aside)."""
+    return {k: v for k, v in asdict(settings).items() if k != "precision"}
+
+
+def training_record(cfg: Config) -> dict:
+    """The training config a fold's model depends on (JSON values; precision, threads and
+    checkpointing aside, which change how fast, not what is learnt)."""
+    record = json.loads(cfg.model_dump_json())
+    for key in ("precision", "threads", "num_workers", "checkpoint_every", "log_every", "device"):
+        record["train"].pop(key, None)
+    return record
+
+
 def _fold_cfg(cfg: Config, folds_csv: Path, fold: int) -> Config:
     cfg = cfg.model_copy(deep=True)
     cfg.data.root = folds_csv.resolve()
@@ -117,14 +131,21 @@ def run_fold(
     """Train, predict and evaluate one fold into ``out/fold-<fold>``; returns ``fold.json``."""
     folder = out / f"fold-{fold}"
     done = folder / "fold.json"
-    wanted = {k: v for k, v in asdict(settings).items() if k != "precision"}
+    wanted = predict_record(settings)
+    fold_cfg = _fold_cfg(cfg, folds_csv, fold)
+    trained_with = training_record(fold_cfg)
     if done.is_file():
         record = json.loads(done.read_text())
+        if record.get("config", trained_with) != trained_with:
+            raise DatasetError(
+                f"{done}: this fold was trained with another config (loss, recipe or data); "
+                "choose another --out"
+            )
         if record.get("predict_settings") == wanted:
             return record
         done.unlink()  # other prediction settings: the trained run is kept, predicted again
     folder.mkdir(parents=True, exist_ok=True)
-    trained = _train_fold(_fold_cfg(cfg, folds_csv, fold), folder / "run", log, progress)
+    trained = _train_fold(fold_cfg, folder / "run", log, progress)
     held_out = [r for r in read_manifest(folds_csv) if r.fold == fold]
     manifest = write_manifest(folder / "held-out.csv", held_out)
     t0 = time.perf_counter()
@@ -157,11 +178,33 @@ def run_fold(
         "train_minutes": trained["seconds"] / 60,
         "predict_minutes": predict_seconds / 60,
         "predict_settings": wanted,
+        "config": trained_with,
         "machine": state.get("machine"),
         "pixels": state.get("pixels"),
     }
     atomic_write_text(done, json.dumps(record, indent=2))
     return record
+
+
+def fmt(v) -> str:
+    """A metric for tables and logs: 3 decimals, or n/a (e.g. FROC of a fold without boxes)."""
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def finished_folds(
+    out: Path, settings: PredictSettings, log: Callable[[str], None] = print
+) -> list[dict]:
+    """The ``fold.json`` of every fold in ``out`` predicted with ``settings``; folds
+    predicted otherwise are left out of the summary, with a line saying so."""
+    kept = []
+    for p in sorted(out.glob("fold-*/fold.json")):
+        record = json.loads(p.read_text())
+        if record.get("predict_settings") == predict_record(settings):
+            kept.append(record)
+        else:
+            log(f"pathodet cv: {p.parent.name} was predicted with other settings: left out "
+                "(run it again with these settings to include it)")  # fmt: skip
+    return kept
 
 
 def summarize_cv(records: list[dict]) -> dict:
@@ -182,9 +225,7 @@ def summarize_cv(records: list[dict]) -> dict:
 def cv_table_md(summary: dict, title: str) -> str:
     """Markdown: one row per fold, then mean ± std."""
 
-    def f(v) -> str:
-        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
+    f = fmt
     keys = [k for k in (*FOLD_KEYS, "steps") if any(k in r for r in summary["folds"])]
     lines = [f"# {title}", "", "| fold | " + " | ".join(keys) + " |",
              "|---|" + "---|" * len(keys)]  # fmt: skip
@@ -230,19 +271,21 @@ def run_cv(
         + "; ".join(f"{f['fold']}: {f['AP']} AP / {f['NP']} NP, {f['cases']} cases"
                     for f in fold_summary(read_manifest(folds_csv))))  # fmt: skip
     settings = settings or PredictSettings()
-    records = []
+    bad = sorted(set(only or []) - set(range(k)))
+    if bad:
+        raise DatasetError(f"--fold {bad[0]}: folds are numbered 0 to {k - 1}")
     for fold in range(k):
         if only is not None and fold not in only:
             continue
         log(f"pathodet cv: fold {fold}")
-        records.append(run_fold(cfg, folds_csv, fold, out, settings, log, progress))
-        log(f"pathodet cv: fold {fold}: FROC {records[-1]['froc']:.3f}, "
-            f"{records[-1]['train_minutes']:.1f} min training")  # fmt: skip
-    finished = [json.loads(p.read_text()) for p in sorted(out.glob("fold-*/fold.json"))]
+        rec = run_fold(cfg, folds_csv, fold, out, settings, log, progress)
+        log(f"pathodet cv: fold {fold}: FROC {fmt(rec['froc'])}, "
+            f"{rec['train_minutes']:.1f} min training")  # fmt: skip
+    finished = finished_folds(out, settings, log)
     summary = summarize_cv(finished)
     summary |= {"k": k, "seed": seed, "group": group, "loss": cfg.loss.name, "root": str(root)}
     atomic_write_text(out / "cv.json", json.dumps(summary, indent=2))
-    title = f"{cfg.loss.name}: {len(finished)} of {k} case-grouped folds ({root})"
+    title = f"{cfg.loss.name}: {len(finished)} of {k} folds grouped by {group} ({root})"
     atomic_write_text(out / "cv.md", cv_table_md(summary, title))
     curves = {}
     for r in finished:
@@ -250,7 +293,7 @@ def run_cv(
         gt = load_truth(folder / "held-out.csv")
         preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.truth)
         _, recall, nfp = curve(preds, gt.truth)
-        curves[f"fold {r['fold']} (FROC {r['froc']:.3f})"] = (recall, nfp)
+        curves[f"fold {r['fold']} (FROC {fmt(r['froc'])})"] = (recall, nfp)
     if curves:
         froc_png(curves, out / "froc.png")
     return summary

@@ -9,7 +9,8 @@ positive per NP image on that fold's held-out images). Colours:
   false positive (annotation is partial, so only a reader can tell), in an NP image a
   false positive.
 
-Each overlay is the whole image at half size beside a full-resolution crop (2x enlarged)
+Each overlay is the whole image at half size beside a full-resolution crop (enlarged to
+the same height, about 2x for these 2000 px images)
 of the 512 x 512 px region holding the most annotated and detected cells.
 """
 
