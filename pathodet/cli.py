@@ -151,9 +151,11 @@ def data_tiles(
     from pathodet.data.tiling import TileDataset
 
     with user_errors():
-        cfg = load_config(config, set_).data.tiling
+        data_cfg = load_config(config, set_).data
+        cfg = data_cfg.tiling
         samples, problems = load_samples(load_records(root), verify_image=False)
-        tiles = TileDataset(samples, cfg.tile_size, cfg.stride, cfg.min_visible)
+        tiles = TileDataset(samples, cfg.tile_size, cfg.stride, cfg.min_visible,
+                            scale=data_cfg.scale)  # fmt: skip
         attrs = tiles.attributes()
         n_boxes = 0
         if save:
@@ -177,6 +179,7 @@ def data_tiles(
                 "AP_tiles": attrs.count("AP"),
                 "NP_tiles": attrs.count("NP"),
                 "tiling": cfg.model_dump(),
+                "scale": data_cfg.scale,
                 "saved": min(save, len(tiles)),
                 "problems": [p.as_dict() for p in problems],
             },
