@@ -77,7 +77,10 @@ def predict_cmd(
         list[Path], typer.Argument(help="Images, whole slides, folders or a DigestPath root.")
     ],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
-    tile: Annotated[int, typer.Option(help="Window side, pixels (multiple of 32).")] = 1024,
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Window side, pixels (multiple of 32); default: the checkpoint's tile."),
+    ] = None,
     overlap: Annotated[int, typer.Option(help="Window overlap, pixels (>= cell size).")] = 128,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
     score_threshold: Annotated[float, typer.Option(help="Keep detections above.")] = 0.05,
@@ -123,7 +126,12 @@ def predict_cmd(
     from pathodet.engine.checkpoint import CheckpointError, load_detector
     from pathodet.engine.dist import DistInfo, init_distributed, pick_device, shutdown
     from pathodet.engine.predict import PredictSettings, retinanet_detector
-    from pathodet.engine.predict_run import checkpoint_fingerprint, list_images, run_predict
+    from pathodet.engine.predict_run import (
+        checkpoint_fingerprint,
+        for_checkpoint,
+        list_images,
+        run_predict,
+    )
     from pathodet.slides.plan import SlideSettings
     from pathodet.slides.run import run_slides, slide_inputs
 
@@ -149,6 +157,7 @@ def predict_cmd(
                                                     workers, device, update)  # fmt: skip
             if slide_paths:
                 model, cfg = load_detector(checkpoint)
+                settings = for_checkpoint(settings, cfg)
                 detector = retinanet_detector(model.to(dev), settings, dev)
                 if target_mpp is None:  # the pixel size the model learnt at
                     target_mpp = (cfg.data.mpp or 0.25) / cfg.data.scale
@@ -284,7 +293,9 @@ def cv_cmd(
     fold: Annotated[
         list[int] | None, typer.Option(help="Run only this fold (repeatable); default all.")
     ] = None,
-    tile: Annotated[int, typer.Option(help="Prediction window side, pixels.")] = 1024,
+    tile: Annotated[
+        int | None, typer.Option(help="Prediction window side, pixels; default: the config's tile.")
+    ] = None,
     nms_iou: Annotated[
         float, typer.Option(help="Prediction NMS: suppress a detection overlapping a better one.")
     ] = 0.3,

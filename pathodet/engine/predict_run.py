@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from pathodet.config import Config
 from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
@@ -99,6 +100,16 @@ def remove_temp_files(out: Path) -> None:
     remove_stale_temps(out, patterns)
 
 
+def for_checkpoint(settings: PredictSettings, cfg: Config) -> PredictSettings:
+    """Fill what the caller left unset from the checkpoint's config: detect at the pixel
+    size (``data.scale``) and with the windows (``data.tiling.tile_size``) it learnt on."""
+    if settings.scale is None:
+        settings = replace(settings, scale=cfg.data.scale)
+    if settings.tile is None:
+        settings = replace(settings, tile=cfg.data.tiling.tile_size)
+    return settings
+
+
 def run_predict(
     checkpoint: Path,
     inputs: Sequence[str | os.PathLike[str]],
@@ -115,8 +126,7 @@ def run_predict(
     dev = pick_device(device, env_dist_info())
     model.to(dev)
     settings = replace(settings, precision=resolve_precision(settings.precision, dev))
-    if settings.scale is None:  # detect at the pixel size the model was trained at
-        settings = replace(settings, scale=cfg.data.scale)
+    settings = for_checkpoint(settings, cfg)
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)
     fp = _fingerprint(Path(checkpoint), settings)
