@@ -154,7 +154,7 @@ def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     images = [manifest.parent / p for p in held]
     out = tmp_path / "pred"
     result = run_predict(tmp_path / "run" / "last.pt", images, out,
-                         PredictSettings(score_threshold=0.0, max_per_image=50))  # fmt: skip
+                         PredictSettings(tile=1024, score_threshold=0.0, max_per_image=50))  # fmt: skip
     assert result["images"] == 4 and result["problems"] == 0
     fingerprint = json.loads((out / "predict.json").read_text())["settings"]
     assert fingerprint["scale"] == 0.5  # the checkpoint's pixel size, recorded
