@@ -102,11 +102,13 @@ def remove_temp_files(out: Path) -> None:
 
 def for_checkpoint(settings: PredictSettings, cfg: Config) -> PredictSettings:
     """Fill what the caller left unset from the checkpoint's config: detect at the pixel
-    size (``data.scale``) and with the windows (``data.tiling.tile_size``) it learnt on."""
+    size (``data.scale``) and with the windows (``data.tiling.tile_size``) it learnt on,
+    but never below 4x the overlap (smaller windows compute each pixel many times over)."""
     if settings.scale is None:
         settings = replace(settings, scale=cfg.data.scale)
     if settings.tile is None:
-        settings = replace(settings, tile=cfg.data.tiling.tile_size)
+        tile = max(cfg.data.tiling.tile_size, -(-4 * settings.overlap // 32) * 32)
+        settings = replace(settings, tile=tile)
     return settings
 
 
