@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathodet.data.io import atomic_write_image
+from pathodet.core.io import atomic_write_image
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.synth import choose_annotated, jpeg_roundtrip, synthesize_image
 

@@ -27,11 +27,11 @@ from pathodet.bench.losses_report import (
     write_report,
 )
 from pathodet.cli import app
-from pathodet.config import load_config
 from pathodet.data.digestpath import FULL_DIR, load_records
 from pathodet.data.drop import REMOVED_DIR
 from pathodet.data.voc import read_voc
 from pathodet.eval.run import run_evaluate
+from pathodet.training.config import load_config
 
 LABELS = {m: METHODS[m].label for m in METHODS}
 
@@ -284,8 +284,8 @@ def init_checkpoint(tiny, tmp_path_factory):
     """A detector at initialisation (every p near the prior 0.01), saved as a checkpoint."""
     import torch
 
-    from pathodet.engine.checkpoint import save_checkpoint
     from pathodet.model import build_retinanet
+    from pathodet.training.checkpoint import save_checkpoint
 
     out, s, _, _ = tiny
     cfg = bench_config(out, s, 0, 0.5, "focal")

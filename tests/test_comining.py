@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pathodet.config import Config, load_config, same_config
 from pathodet.data.augment import AugmentConfig, ColourView, ColourViewConfig, TileAugment
 from pathodet.data.synth import write_synthetic_dataset
-from pathodet.engine.checkpoint import load_checkpoint
-from pathodet.engine.comining import comining_losses, mining_counts, split_views
-from pathodet.engine.config import CominingConfig
-from pathodet.engine.logs import read_metrics
-from pathodet.engine.train import train
-from pathodet.losses.comining import co_generate, complete_sets, mine_batch
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss
 from pathodet.losses.dghm import AP_N, AP_P, CLEAN, NOISY, NP_N, dghm_c_loss, dghm_groups
@@ -26,6 +19,12 @@ from pathodet.model import build_retinanet
 from pathodet.model.assign import POSITIVE, assign_retinanet
 from pathodet.model.config import AssignConfig, ModelConfig
 from pathodet.model.retinanet import HeadOutputs
+from pathodet.training.checkpoint import load_checkpoint
+from pathodet.training.comining import comining_losses, mining_counts, split_views
+from pathodet.training.config import CominingConfig, Config, load_config, same_config
+from pathodet.training.logs import read_metrics
+from pathodet.training.mining import co_generate, complete_sets, mine_batch
+from pathodet.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

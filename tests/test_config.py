@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pathodet.config import Config, ConfigError, load_config, parse_overrides
 from pathodet.data.config import DataConfig, TilingConfig
+from pathodet.training.config import Config, ConfigError, load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,7 @@ def test_assignment_is_validated():
 
 
 def test_section_with_every_key_commented_out_means_defaults(tmp_path):
-    from pathodet.config import Config, load_config
+    from pathodet.training.config import Config, load_config
 
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  # root: /somewhere\n")
@@ -200,7 +200,7 @@ def test_default_yaml_writes_out_the_model_and_loss_sections():
 def test_loss_name_typo_names_the_key(tmp_path):
     import pytest
 
-    from pathodet.config import ConfigError
+    from pathodet.training.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"loss\.name"):
         load_config(None, ["loss.name=dghmm"])

@@ -9,8 +9,8 @@ import pytest
 from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.demo.real import real_config
-from pathodet.engine.predict import PredictSettings
 from pathodet.eval.cv import run_cv, summarize_cv
+from pathodet.predict.windows import PredictSettings
 
 TINY = ["train.epochs=1", "train.max_steps_per_epoch=1", "train.milestones=[1]",
         "train.val_tiles=2", "train.num_workers=0", "train.batch_size=2",

@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 from pathodet.cli import app
-from pathodet.config import load_config
 from pathodet.core.machine import bf16_native
 from pathodet.demo import DemoSettings, run_demo
 from pathodet.demo.calibrate import LADDER_RATIO, measure_speed
@@ -25,6 +24,7 @@ from pathodet.demo.settings import (
     step_seconds,
 )
 from pathodet.eval.metrics import froc_curve, operating_threshold
+from pathodet.training.config import load_config
 
 # -- budget and schedule -------------------------------------------------------------------
 

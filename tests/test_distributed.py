@@ -59,7 +59,7 @@ def model() -> SRCRetinaNet:
 def worker(out_dir: str) -> None:  # runs under torchrun
     import torch.distributed as dist
 
-    from pathodet.engine.dist import all_reduce_sum
+    from pathodet.core.dist import all_reduce_sum
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -145,7 +145,7 @@ def test_local_statistics_would_differ(ranks):
 def test_torchrun_training_matches_single_process(tmp_path):
     """``torchrun -m pathodet train`` on 2 processes tracks the 1-process run step by step."""
     from pathodet.data.synth import write_synthetic_dataset
-    from pathodet.engine.logs import read_metrics
+    from pathodet.training.logs import read_metrics
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, positive=4, negative=4, size=512, seed=3, images_per_slide=1)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import parse_boxes, random_boxes, sorted_rows, stem
 
+from pathodet.core.io import atomic_write_text, link_or_copy
 from pathodet.data.digestpath import DatasetError
 from pathodet.data.drop import choose_dropped, drop_annotations, read_removed
-from pathodet.data.io import atomic_write_text, link_or_copy
 
 
 def half_up(rate: float, n: int) -> int:

@@ -228,9 +228,9 @@ def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path, mo
 
 def test_explicit_bf16_runs_the_network_in_bf16_on_a_tiny_input(fresh_announcements):
     """The bf16 path itself, on an input small enough to be quick where bf16 is emulated."""
-    from pathodet.engine.step import autocast, train_step
     from pathodet.losses.config import LossConfig
     from pathodet.model import ModelConfig, build_retinanet
+    from pathodet.training.step import autocast, train_step
 
     torch.manual_seed(0)
     with warnings.catch_warnings():

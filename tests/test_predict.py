@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from pathodet.config import load_config
-from pathodet.data.io import atomic_write_image
+from pathodet.core.io import atomic_write_image
 from pathodet.data.predictions import read_predictions, write_predictions
 from pathodet.data.synth import synthesize_image, write_synthetic_dataset
 from pathodet.data.tiling import window_starts
-from pathodet.engine.checkpoint import load_detector
-from pathodet.engine.predict import PredictSettings, core_bounds, detect_image
-from pathodet.engine.predict_run import run_predict
-from pathodet.engine.train import train
 from pathodet.eval.matching import iou_matrix
+from pathodet.predict.images import run_predict
+from pathodet.predict.windows import PredictSettings, core_bounds, detect_image
+from pathodet.training.checkpoint import load_detector
+from pathodet.training.config import load_config
+from pathodet.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

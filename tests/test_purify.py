@@ -12,26 +12,25 @@ import pytest
 import torch
 from test_train import REPO, tiny  # tests/ is on sys.path (pytest rootdir conftest)
 
-from pathodet.config import load_config
+from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, DatasetError
-from pathodet.data.io import atomic_write_image
 from pathodet.data.pseudo import PSEUDO_COLUMNS, SELECTED_COLUMNS, load_pseudo_samples, write_csv
 from pathodet.data.samples import image_size
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import boxes_in_window, tile_grid
 from pathodet.data.voc import read_voc
-from pathodet.engine.checkpoint import CheckpointError, load_checkpoint
-from pathodet.engine.config import DistillConfig
-from pathodet.engine.data import training_data
-from pathodet.engine.distill import Distiller, distill_losses
-from pathodet.engine.logs import read_metrics
-from pathodet.engine.step import collate_pseudo
-from pathodet.engine.train import train
 from pathodet.losses.config import LossConfig
 from pathodet.model.config import AssignConfig
 from pathodet.purify.classifier import PUConfig, estimate_prior
 from pathodet.purify.pool import pool_tiles, read_tile
 from pathodet.purify.run import run_purify
+from pathodet.training.checkpoint import CheckpointError, load_checkpoint
+from pathodet.training.config import DistillConfig, load_config
+from pathodet.training.data import training_data
+from pathodet.training.distill import Distiller, distill_losses
+from pathodet.training.logs import read_metrics
+from pathodet.training.step import collate_pseudo
+from pathodet.training.train import train
 
 
 # -- class prior -------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def test_pool_of_a_slide_keeps_tissue_windows(tmp_path):
 
 # -- self-distillation -------------------------------------------------------------------
 def test_distillation_terms_vanish_when_the_student_is_the_teacher(world):
-    from pathodet.engine.checkpoint import load_detector
+    from pathodet.training.checkpoint import load_detector
 
     teacher, tcfg = load_detector(world["teacher"])
     d = Distiller(DistillConfig(enabled=True, teacher=world["teacher"]), tcfg.model,

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathodet.config import load_config
 from pathodet.data.digestpath import ImageRecord, read_manifest, scan_digestpath, write_manifest
 from pathodet.data.folds import assign_folds
 from pathodet.data.names import case_of, parse_digestpath_name
 from pathodet.data.samples import load_samples, summarize
+from pathodet.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("PATHODET_DIGESTPATH", REPO.parent / "shared" / "digestpath"))
@@ -132,10 +132,10 @@ def test_reader_counts_and_sizes_of_real_images(tmp_path):
 @needs_real
 def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     from pathodet.demo.real import real_config
-    from pathodet.engine.predict import PredictSettings
-    from pathodet.engine.predict_run import run_predict
-    from pathodet.engine.train import train
     from pathodet.eval.run import run_evaluate
+    from pathodet.predict.images import run_predict
+    from pathodet.predict.windows import PredictSettings
+    from pathodet.training.train import train
 
     manifest = _four(tmp_path)
     cfg = real_config("dghm", extra=["train.epochs=1", "train.max_steps_per_epoch=1",
@@ -146,7 +146,7 @@ def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     cfg.data.held_out_fold = 1
     summary = train(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert summary["steps"] == 1
-    from pathodet.engine.checkpoint import load_checkpoint
+    from pathodet.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["pixels"]["scale"] == 0.5

@@ -34,24 +34,24 @@ from test_train import REPO, tiny
 from typer.testing import CliRunner
 
 from pathodet.cli import app
-from pathodet.config import load_config
+from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import load_records
-from pathodet.data.io import atomic_write_image
 from pathodet.data.synth import synthesize_image, write_synthetic_dataset
-from pathodet.engine import checkpoint as checkpoint_mod
-from pathodet.engine.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_detector,
-    save_checkpoint,
-)
-from pathodet.engine.logs import read_metrics
-from pathodet.engine.train import Trainer, train
 from pathodet.model import build_retinanet
 from pathodet.model.retinanet import resolve_norm
 from pathodet.review.cases import load_cases, run_id
 from pathodet.review.export import export_reviews
 from pathodet.review.store import ACTIONS, ReviewStore
+from pathodet.training import checkpoint as checkpoint_mod
+from pathodet.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_detector,
+    save_checkpoint,
+)
+from pathodet.training.config import load_config
+from pathodet.training.logs import read_metrics
+from pathodet.training.train import Trainer, train
 
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 runner = CliRunner()

@@ -31,8 +31,8 @@ from pathodet.data.samples import (
 )
 from pathodet.data.tiling import TileDataset
 from pathodet.data.voc import AnnotationError, read_voc
-from pathodet.engine.predict import PredictSettings
-from pathodet.engine.predict_run import run_predict
+from pathodet.predict.images import run_predict
+from pathodet.predict.windows import PredictSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,10 +85,10 @@ def solid_rgb(h: int = 16, w: int = 16) -> np.ndarray:
 
 def tiny_checkpoint(path: Path) -> Path:
     """An untrained detector in a checkpoint: what ``run_predict`` needs, boxes irrelevant."""
-    from pathodet.config import Config
-    from pathodet.engine.checkpoint import save_checkpoint
     from pathodet.model.config import ModelConfig
     from pathodet.model.retinanet import SRCRetinaNet
+    from pathodet.training.checkpoint import save_checkpoint
+    from pathodet.training.config import Config
 
     torch.manual_seed(0)
     cfg = Config(model=ModelConfig(norm="bn", fpn_channels=16))
@@ -560,7 +560,7 @@ def test_evaluate_refuses_predictions_for_images_not_in_the_data(make_root, tmp_
 
 def test_two_images_with_one_stem_are_refused_before_anything_is_written(tmp_path):
     """``a.jpeg`` and ``a.png`` would both write ``xml/a.xml``: refused, naming both."""
-    from pathodet.engine.predict_run import list_images
+    from pathodet.predict.images import list_images
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

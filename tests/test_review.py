@@ -1057,7 +1057,7 @@ def test_cli_review_refuses_a_public_host_without_password(
     """--host 0.0.0.0 without a password: non-zero exit and a message, streamlit not started."""
     calls: list[list[str]] = []
     monkeypatch.setattr(
-        "pathodet.cli_review.subprocess.call", lambda cmd, **kw: calls.append(cmd) or 0
+        "pathodet.cli.review.subprocess.call", lambda cmd, **kw: calls.append(cmd) or 0
     )
     monkeypatch.delenv("PATHODET_REVIEW_PASSWORD", raising=False)
     monkeypatch.chdir(tmp_path)  # no .streamlit/secrets.toml here
@@ -1073,7 +1073,7 @@ def test_cli_review_starts_streamlit_with_the_settings(
     """With a password, the public host is allowed; the app gets its folders by environment."""
     calls: list[tuple[list[str], dict]] = []
     monkeypatch.setattr(
-        "pathodet.cli_review.subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0
+        "pathodet.cli.review.subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0
     )
     monkeypatch.setenv("PATHODET_REVIEW_PASSWORD", "pw")
     monkeypatch.chdir(tmp_path)

@@ -29,12 +29,12 @@ from typer.testing import CliRunner
 from pathodet.data.geojson import read_geojson
 from pathodet.data.predictions import read_predictions
 from pathodet.data.synth.slide import LAYOUT_CELL, SyntheticSlide, truth_path, write_synthetic_slide
-from pathodet.engine.predict import PredictSettings
-from pathodet.slides.detect import merge
-from pathodet.slides.plan import SlidePlan, SlideSettings
-from pathodet.slides.reader import Slide, SlideError, is_slide_file
-from pathodet.slides.report import density_grid, slide_summary
-from pathodet.slides.run import NoTissue, run_slides, slide_inputs, survey
+from pathodet.predict.plan import SlidePlan, SlideSettings
+from pathodet.predict.reader import Slide, SlideError, is_slide_file
+from pathodet.predict.slide_report import density_grid, slide_summary
+from pathodet.predict.slide_windows import merge
+from pathodet.predict.slides import NoTissue, run_slides, slide_inputs, survey
+from pathodet.predict.windows import PredictSettings
 
 TILE, OVERLAP = 512, 64
 PREDICT = PredictSettings(tile=TILE, overlap=OVERLAP, batch_size=8)
@@ -699,10 +699,10 @@ def test_density_and_summary_by_hand():
 
 def tiny_checkpoint(path: Path) -> Path:
     """An untrained detector in a checkpoint (what predict needs; its boxes do not matter)."""
-    from pathodet.config import Config
-    from pathodet.engine.checkpoint import save_checkpoint
     from pathodet.model.config import ModelConfig
     from pathodet.model.retinanet import SRCRetinaNet
+    from pathodet.training.checkpoint import save_checkpoint
+    from pathodet.training.config import Config
 
     torch.manual_seed(0)
     cfg = Config(model=ModelConfig(norm="bn", fpn_channels=16))

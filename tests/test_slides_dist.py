@@ -20,9 +20,9 @@ import torch
 
 from pathodet.data.predictions import read_predictions
 from pathodet.data.synth.slide import write_synthetic_slide
-from pathodet.engine.predict import PredictSettings
-from pathodet.slides.plan import SlideSettings
-from pathodet.slides.run import run_slides
+from pathodet.predict.plan import SlideSettings
+from pathodet.predict.slides import run_slides
+from pathodet.predict.windows import PredictSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = PredictSettings(tile=512, overlap=64, batch_size=2)
@@ -47,7 +47,7 @@ def nuclei_detector(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
 
 
 def worker(out: str, split: str, *slides: str) -> None:  # runs under torchrun
-    from pathodet.engine.dist import init_distributed, shutdown
+    from pathodet.core.dist import init_distributed, shutdown
 
     torch.set_num_threads(1)
     dist = init_distributed(torch.device("cpu"))
@@ -112,8 +112,8 @@ def test_two_processes_equal_one(slides, single, tmp_path, split):
 def test_merge_removes_the_seam_duplicates(slides, single):
     """Guard: without the slide-wide merge, windows' overlaps would report cells twice, so the
     equality above is not trivially met by per-rank output."""
-    from pathodet.slides.detect import detect_windows, merge
-    from pathodet.slides.run import survey
+    from pathodet.predict.slide_windows import detect_windows, merge
+    from pathodet.predict.slides import survey
 
     _, _, plan = survey(slides[0], SLIDE_SETTINGS, SETTINGS.tile, SETTINGS.overlap)
     boxes, scores = detect_windows(nuclei_detector, slides[0], plan, range(len(plan.windows)),

@@ -14,15 +14,14 @@ import pytest
 import torch
 import yaml
 
-from pathodet.config import ConfigError, load_config
 from pathodet.data.digestpath import DatasetError
 from pathodet.data.synth import write_synthetic_dataset
-from pathodet.engine import step as step_mod
-from pathodet.engine import train as train_mod
-from pathodet.engine.checkpoint import CheckpointError, load_checkpoint, load_detector
-from pathodet.engine.config import TrainConfig
-from pathodet.engine.logs import MetricsLog, read_metrics
-from pathodet.engine.train import RunExists, TrainingDiverged, train
+from pathodet.training import step as step_mod
+from pathodet.training import train as train_mod
+from pathodet.training.checkpoint import CheckpointError, load_checkpoint, load_detector
+from pathodet.training.config import ConfigError, TrainConfig, load_config
+from pathodet.training.logs import MetricsLog, read_metrics
+from pathodet.training.train import RunExists, TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["ce", "focal", "ghm", "sce", "dghm", "dghm_star", "oss", "score_ss", "cleanliness"]

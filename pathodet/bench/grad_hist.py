@@ -16,16 +16,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pathodet.core.io import atomic_write_bytes, atomic_write_text
 from pathodet.data.digestpath import load_records
-from pathodet.data.io import atomic_write_bytes, atomic_write_text
 from pathodet.data.samples import load_samples
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import TileDataset
-from pathodet.engine.step import autocast, collate, train_step
 from pathodet.losses.common import gradient_norm
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import label_anchors
 from pathodet.model import ModelConfig, build_retinanet
+from pathodet.training.step import autocast, collate, train_step
 
 GROUPS = ("AP_P", "AP_N", "NP_N")
 

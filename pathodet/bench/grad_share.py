@@ -25,11 +25,11 @@ import torch
 from pathodet.data.digestpath import load_records
 from pathodet.data.samples import load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window
-from pathodet.engine.checkpoint import load_detector
-from pathodet.engine.step import collate
 from pathodet.losses.criterion import CLASSIFICATION_LOSSES, AnchorBatch
 from pathodet.model.assign import NEGATIVE, POSITIVE, assign_retinanet
 from pathodet.model.boxes import box_iou
+from pathodet.training.checkpoint import load_detector
+from pathodet.training.step import collate
 
 GROUPS = ("AP_P", "AP_N missed", "AP_N other", "NP_N")
 PROBED = ("ce", "focal", "ghm", "sce", "dghm", "dghm_star", "oss")

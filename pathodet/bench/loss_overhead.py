@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from pathodet.engine.step import Precision, autocast, train_step
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss
 from pathodet.model import ModelConfig, build_retinanet
+from pathodet.training.step import Precision, autocast, train_step
 
 
 def _random_batch(

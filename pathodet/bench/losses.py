@@ -52,19 +52,19 @@ from pathodet.bench.pudet import (
     purify_stage,
 )
 from pathodet.bench.speed import git_commit
-from pathodet.config import Config, same_config
+from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
-from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.demo.settings import config_for_steps, demo_config
-from pathodet.engine.logs import read_metrics
-from pathodet.engine.predict import PredictSettings
-from pathodet.engine.predict_run import run_predict
-from pathodet.engine.run_dir import BEST, LAST, absolute_paths, can_resume
-from pathodet.engine.train import train
 from pathodet.eval.run import run_evaluate
+from pathodet.predict.images import run_predict
+from pathodet.predict.windows import PredictSettings
 from pathodet.purify.classifier import PUConfig
+from pathodet.training.config import Config, same_config
+from pathodet.training.logs import read_metrics
+from pathodet.training.run_dir import BEST, LAST, absolute_paths, can_resume
+from pathodet.training.train import train
 
 
 def rate_name(rate: float) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from pathodet.bench.losses import METHODS, LossBenchSettings, collect, plan
 from pathodet.bench.pudet import pu_md
 from pathodet.bench.speed import git_commit
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 
 COLUMNS: dict[str, tuple[str, str]] = {
     "precision": ("test", "precision"),

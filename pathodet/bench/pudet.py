@@ -20,8 +20,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
-from pathodet.data.io import atomic_write_text
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.purify.classifier import PUConfig
 from pathodet.purify.pool import pool_tiles

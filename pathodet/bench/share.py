@@ -27,8 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record, usable_cores
-from pathodet.data.io import atomic_write_text
 
 _CHILD = "pathodet.bench.share"
 _TORCH_FIRST = (
@@ -44,8 +44,8 @@ def child_work(steps: int, threads: int | None, torch_first: bool = False) -> di
     from pathodet.core.machine import configure_threads, resolve_precision, share_cores
     from pathodet.demo.calibrate import random_batch
     from pathodet.demo.settings import demo_config
-    from pathodet.engine.step import train_step
     from pathodet.model import build_retinanet
+    from pathodet.training.step import train_step
 
     # the spinning row is pathodet before this change: every core, no sharing
     n = configure_threads(usable_cores() if torch_first else threads)

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from pathodet.data.io import atomic_write_text
-from pathodet.engine.predict import PredictSettings, retinanet_detector
+from pathodet.core.io import atomic_write_text
 from pathodet.model.retinanet import SRCRetinaNet
-from pathodet.slides.plan import SlideSettings
-from pathodet.slides.run import run_slides
+from pathodet.predict.plan import SlideSettings
+from pathodet.predict.slides import run_slides
+from pathodet.predict.windows import PredictSettings, retinanet_detector
 
 
 def timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[str, float]):  # noqa: ANN202
@@ -67,7 +67,7 @@ def measure_one(slide: Path, checkpoint: Path | None, precision: str, batch_size
     from pathodet.model import ModelConfig, build_retinanet
 
     if checkpoint is not None:
-        from pathodet.engine.checkpoint import load_detector
+        from pathodet.training.checkpoint import load_detector
 
         model, _ = load_detector(checkpoint)
     else:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from pathodet.bench.slide_speed import timed_detector
+from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record
-from pathodet.data.io import atomic_write_text
-from pathodet.engine.predict import PredictSettings, detect_image
 from pathodet.model.retinanet import SRCRetinaNet
+from pathodet.predict.windows import PredictSettings, detect_image
 
 
 def _best(fn, repeats: int) -> float:
@@ -101,8 +101,8 @@ def image_inference(
 
 def froc_by_precision(checkpoint: Path, test_root: Path, out: Path, tile: int) -> dict:
     """FROC of fp32 and bf16 prediction of ``test_root`` with ``checkpoint``."""
-    from pathodet.engine.predict_run import run_predict
     from pathodet.eval.run import run_evaluate
+    from pathodet.predict.images import run_predict
 
     result = {}
     inputs = [test_root / "sig-train-pos", test_root / "sig-train-neg"]
@@ -152,7 +152,7 @@ def run_speed(
     """Every figure; writes ``out/speed.json`` and ``out/speed.md``."""
     from pathodet.bench.loss_overhead import measure
     from pathodet.data.synth import synthesize_image
-    from pathodet.engine.checkpoint import load_detector
+    from pathodet.training.checkpoint import load_detector
 
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_record()

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 from skimage.color import hed2rgb, rgb2hed
 
-from pathodet.data.config import Strict
+from pathodet.core.config import Strict
 
 
 class AugmentConfig(Strict):

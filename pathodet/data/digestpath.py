@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 from pathodet.data.names import case_of, parse_digestpath_name
 
 Attribute = Literal["AP", "NP", "unknown"]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathodet.core.io import atomic_write_text, link_or_copy
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, DatasetError, scan_digestpath
-from pathodet.data.io import atomic_write_text, link_or_copy
 from pathodet.data.samples import load_samples
 from pathodet.data.voc import write_voc
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 
 SRC_CLASS = {"name": "SRC", "color": [220, 30, 30]}
 

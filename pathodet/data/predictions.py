@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 
 COLUMNS = ("image", "x1", "y1", "x2", "y2", "score")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import DatasetError, ImageRecord, Problem
-from pathodet.data.io import atomic_write_text
 from pathodet.data.samples import ImageProblem, Sample, load_sample, validate_boxes
 
 SELECTED_CSV = "selected.csv"

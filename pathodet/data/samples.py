@@ -27,7 +27,7 @@ MAX_PIXELS_ENV = "PATHODET_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 200_000_000
 """Decompression-bomb guard: 200 megapixels (about 14000 x 14000), 600 MB once decoded to RGB.
 DigestPath images are about 2000 x 2000 (4 MP); whole slides go through
-:mod:`pathodet.slides`, not through here."""
+:mod:`pathodet.predict`, not through here."""
 
 # PIL's own guard (``Image.MAX_IMAGE_PIXELS``: a warning above 89 MP, an error above 179 MP)
 # is replaced by ``max_pixels``, checked from the header before any pixel is decoded; left

@@ -27,7 +27,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
 
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 
 SRC_NAME = "ring_cell_cancer"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from pathodet.config import Config
+from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_record
-from pathodet.data.io import atomic_write_text
+from pathodet.training.config import Config
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -73,8 +73,8 @@ def measure_speed(
 
     Returns ``{"step_seconds", "window_seconds", "calibration_seconds"}``.
     """
-    from pathodet.engine.step import autocast, train_step
     from pathodet.model import build_retinanet
+    from pathodet.training.step import autocast, train_step
 
     device = torch.device(device)
 

@@ -19,17 +19,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pathodet.config import Config, load_config
+from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import read_manifest
-from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import read_predictions
 from pathodet.demo.settings import LOSSES
-from pathodet.engine.predict import PredictSettings
 from pathodet.eval.cv import cv_table_md, finished_folds, fmt, make_folds, run_fold, summarize_cv
 from pathodet.eval.metrics import curve
 from pathodet.eval.overlays import cv_overlays
 from pathodet.eval.report import froc_png
 from pathodet.eval.truth import load_truth
+from pathodet.predict.windows import PredictSettings
+from pathodet.training.config import Config, load_config
 
 REAL_RECIPE = (
     "data.fold_group=case",

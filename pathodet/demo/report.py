@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pathodet.core.io import atomic_write_image, atomic_write_text
 from pathodet.data.digestpath import load_records
-from pathodet.data.io import atomic_write_image, atomic_write_text
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image

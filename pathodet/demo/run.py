@@ -34,9 +34,10 @@ from pathlib import Path
 
 import torch
 
+from pathodet.core.dist import DistInfo, pick_device
+from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record, resolve_precision
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
-from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import truth_path, write_synthetic_slide
@@ -53,20 +54,19 @@ from pathodet.demo.settings import (
     demo_config,
     step_seconds,
 )
-from pathodet.engine.checkpoint import load_detector
-from pathodet.engine.dist import DistInfo, pick_device
-from pathodet.engine.predict import PredictSettings, retinanet_detector
-from pathodet.engine.predict_run import checkpoint_fingerprint, run_predict
-from pathodet.engine.run_dir import LAST, can_resume
-from pathodet.engine.train import train
 from pathodet.eval.matching import greedy_match
 from pathodet.eval.metrics import curve, operating_threshold
 from pathodet.eval.report import froc_png
 from pathodet.eval.run import run_evaluate
 from pathodet.eval.truth import load_truth
 from pathodet.eval.validation import tile_metrics
-from pathodet.slides.plan import SlideSettings
-from pathodet.slides.run import run_slides
+from pathodet.predict.images import checkpoint_fingerprint, run_predict
+from pathodet.predict.plan import SlideSettings
+from pathodet.predict.slides import run_slides
+from pathodet.predict.windows import PredictSettings, retinanet_detector
+from pathodet.training.checkpoint import load_detector
+from pathodet.training.run_dir import LAST, can_resume
+from pathodet.training.train import train
 
 SLIDE_NAME = "demo-slide.tiff"
 

@@ -16,11 +16,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from pathodet.config import Config, load_config
-from pathodet.data.config import Strict
+from pathodet.core.config import Strict
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.demo.calibrate import ladder_steps
-from pathodet.engine.data import training_data
+from pathodet.training.config import Config, load_config
+from pathodet.training.data import training_data
 
 TRAINER_OVERHEAD = 1.1
 """A step inside the trainer (data loading, validation each epoch, checkpoints every 50

@@ -27,20 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pathodet.config import Config
+from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import DatasetError, load_records, read_manifest, write_manifest
 from pathodet.data.folds import Group, assign_folds, fold_summary
-from pathodet.data.io import atomic_write_text
 from pathodet.data.predictions import ImagePredictions, read_predictions
-from pathodet.engine.checkpoint import load_checkpoint
-from pathodet.engine.predict import PredictSettings
-from pathodet.engine.predict_run import run_predict
-from pathodet.engine.run_dir import LAST
-from pathodet.engine.train import train
 from pathodet.eval.metrics import FROC_FPS, curve, evaluate, operating_threshold
 from pathodet.eval.report import froc_png
 from pathodet.eval.run import run_evaluate
 from pathodet.eval.truth import load_truth
+from pathodet.predict.images import run_predict
+from pathodet.predict.windows import PredictSettings
+from pathodet.training.checkpoint import load_checkpoint
+from pathodet.training.config import Config
+from pathodet.training.run_dir import LAST
+from pathodet.training.train import train
 
 FOLD_KEYS = ("recall", "precision", "nfp", "froc", "precision_at_1fp", "recall_at_1fp",
              "train_minutes")  # fmt: skip

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import read_manifest
-from pathodet.data.io import atomic_write_image
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image

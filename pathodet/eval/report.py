@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathodet.data.io import atomic_write_bytes, atomic_write_text
+from pathodet.core.io import atomic_write_bytes, atomic_write_text
 from pathodet.eval.metrics import FROC_FPS
 
 TABLE_KEYS = ("precision", "nfp_score", "recall", "froc", "t_recall", "r_recall",

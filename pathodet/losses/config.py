@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pathodet.data.config import Strict
+from pathodet.core.config import Strict
 
 LossName = Literal[
     "ce", "focal", "ghm", "sce", "dghm", "dghm_star", "oss", "score_ss", "cleanliness"

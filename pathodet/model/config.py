@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pathodet.data.config import Strict
+from pathodet.core.config import Strict
 
 
 class AnchorConfig(Strict):

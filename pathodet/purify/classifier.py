@@ -30,11 +30,11 @@ from pydantic import Field
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
+from pathodet.core.config import Strict
 from pathodet.data.augment import ColourView, ColourViewConfig
-from pathodet.data.config import Strict
-from pathodet.engine.step import autocast
 from pathodet.losses.nnpu import nnpu_risk
 from pathodet.model.retinanet import IMAGENET_MEAN, IMAGENET_STD
+from pathodet.training.step import autocast
 
 
 class PUConfig(Strict):

@@ -25,9 +25,9 @@ from pathodet.data.digestpath import (
 )
 from pathodet.data.samples import image_size, read_image
 from pathodet.data.tiling import tile_grid
-from pathodet.slides.plan import SlideSettings
-from pathodet.slides.reader import Slide, SlideError, is_slide_file
-from pathodet.slides.run import survey
+from pathodet.predict.plan import SlideSettings
+from pathodet.predict.reader import Slide, SlideError, is_slide_file
+from pathodet.predict.slides import survey
 
 
 @dataclass(frozen=True)

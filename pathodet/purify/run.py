@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from pathodet.core.io import atomic_write_bytes, atomic_write_image, atomic_write_text
 from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import load_records
-from pathodet.data.io import atomic_write_bytes, atomic_write_image, atomic_write_text
 from pathodet.data.pseudo import (
     PSEUDO_COLUMNS,
     SELECTED_COLUMNS,
@@ -46,13 +46,13 @@ from pathodet.data.pseudo import (
 from pathodet.data.samples import load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window
 from pathodet.data.voc import AnnotationError, read_voc
-from pathodet.engine.checkpoint import load_checkpoint, load_detector
-from pathodet.engine.step import autocast
 from pathodet.model.boxes import box_iou
 from pathodet.model.config import InferenceConfig
 from pathodet.model.retinanet import postprocess
 from pathodet.purify.classifier import PUConfig, score, train_classifier
 from pathodet.purify.pool import PoolTile, pool_tiles, read_tile
+from pathodet.training.checkpoint import load_checkpoint, load_detector
+from pathodet.training.step import autocast
 
 SUMMARY = "purify.json"
 RANKING_COLUMNS = ("rank", "score", "selected", "source", "x", "y", "size", "attribute")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathodet.core.io import atomic_write_text, link_or_copy, remove_stale_temps
 from pathodet.data.digestpath import NEG_DIR, POS_DIR
-from pathodet.data.io import atomic_write_text, link_or_copy, remove_stale_temps
 from pathodet.data.samples import image_size
 from pathodet.data.voc import write_voc
 from pathodet.eval.matching import iou_matrix

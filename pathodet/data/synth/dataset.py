@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pathodet import __version__
-from pathodet.data.io import atomic_write_image, atomic_write_text
+from pathodet.core.io import atomic_write_image, atomic_write_text
 from pathodet.data.names import digestpath_name
 from pathodet.data.synth.annotate import choose_annotated
 from pathodet.data.synth.compose import synthesize_image

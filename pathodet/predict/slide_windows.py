@@ -1,7 +1,7 @@
 """Streaming detection over a slide's windows, and the merge in level-0 coordinates.
 
 Windows are read by a DataLoader (each worker opens the slide itself), batched, passed to
-a :data:`~pathodet.engine.predict.WindowDetector`, and reduced at once to the detections
+a :data:`~pathodet.predict.windows.WindowDetector`, and reduced at once to the detections
 whose centre lies in the window's core, mapped to level 0. Only these candidates are kept
 in memory (a few numbers per cell), never pixels beyond the batches in flight, so memory
 does not grow with the slide. :func:`merge` then applies NMS across the whole slide with
@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from pathodet.engine.predict import WindowDetector, big_enough
-from pathodet.slides.plan import SlidePlan
-from pathodet.slides.reader import Slide
+from pathodet.predict.plan import SlidePlan
+from pathodet.predict.reader import Slide
+from pathodet.predict.windows import WindowDetector, big_enough
 
 
 class SlideWindows(torch.utils.data.Dataset):

@@ -5,7 +5,7 @@ is read at its level whose resolution is closest to that; when that level is off
 than ``mpp_tolerance`` (relative), each window is read at the level's own resolution and
 resized, so the detector always sees ``tile`` x ``tile`` pixels at ``target_mpp``.
 
-Windows are laid out on that level as for a whole image (:mod:`pathodet.engine.predict`):
+Windows are laid out on that level as for a whole image (:mod:`pathodet.predict.windows`):
 ``read`` x ``read`` level pixels overlapping by ``overlap``, the last one of a row aligned
 to the border. Only windows whose footprint touches tissue on the mask are kept. Each
 window's *core* (the overlap split at its middle) decides which window reports a cell;
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pathodet.data.tiling import window_starts
-from pathodet.engine.predict import core_bounds
-from pathodet.slides.reader import SlideInfo
-from pathodet.slides.tissue import TissueSettings
+from pathodet.predict.reader import SlideInfo
+from pathodet.predict.tissue import TissueSettings
+from pathodet.predict.windows import core_bounds
 
 
 @dataclass(frozen=True)

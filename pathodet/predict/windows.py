@@ -26,8 +26,8 @@ from pathodet.core.machine import share_cores
 from pathodet.data.predictions import ImagePredictions
 from pathodet.data.samples import read_image, rescale_image
 from pathodet.data.tiling import window_starts
-from pathodet.engine.step import Precision, autocast
 from pathodet.model.retinanet import SRCRetinaNet, postprocess
+from pathodet.training.step import Precision, autocast
 
 MIN_BOX_SIDE = 1.0
 """Pixels: a detection clipped to the image edge that is narrower or lower than this is

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pathodet.data.io import atomic_write_bytes
+from pathodet.core.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = "pathodet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -116,12 +116,12 @@ def load_detector(path: str | os.PathLike[str]):
 
     Returns:
         ``(model, config)``: an :class:`~pathodet.model.retinanet.SRCRetinaNet` on the CPU and
-        the :class:`~pathodet.config.Config` stored in the checkpoint.
+        the :class:`~pathodet.training.config.Config` stored in the checkpoint.
     """
     from pydantic import ValidationError
 
-    from pathodet.config import Config
     from pathodet.model.retinanet import SRCRetinaNet
+    from pathodet.training.config import Config
 
     state = load_checkpoint(path)
     try:

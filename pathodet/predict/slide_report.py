@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pathodet.data.io import atomic_write_bytes, atomic_write_image
-from pathodet.slides.plan import SlidePlan
+from pathodet.core.io import atomic_write_bytes, atomic_write_image
+from pathodet.predict.plan import SlidePlan
 
 MIN_TISSUE_FRACTION = 0.25
 TOP_REGIONS = 5

@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 
 from pathodet import __version__
-from pathodet.cli_review import review_app
-from pathodet.cli_run import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
-from pathodet.cli_util import fail, progress_bar, user_errors
-from pathodet.config import load_config
+from pathodet.cli.review import review_app
+from pathodet.cli.run import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
+from pathodet.cli.util import fail, progress_bar, user_errors
+from pathodet.training.config import load_config
 
 app = typer.Typer(
     help="pathodet: signet ring cell detection in H&E images with partial annotation.",
@@ -159,7 +159,7 @@ def data_tiles(
         attrs = tiles.attributes()
         n_boxes = 0
         if save:
-            from pathodet.data.io import atomic_write_image
+            from pathodet.core.io import atomic_write_image
             from pathodet.data.overlay import draw_boxes
 
             step = max(1, len(tiles) // save)
@@ -431,7 +431,7 @@ def bench_grad_share(
 
     from pathodet.bench.grad_share import gradient_shares, shares_md
     from pathodet.bench.losses import METHODS
-    from pathodet.data.io import atomic_write_text
+    from pathodet.core.io import atomic_write_text
 
     with user_errors():
         result = gradient_shares(checkpoint, kept, full, n_ap=tiles, n_np=tiles)
@@ -488,8 +488,8 @@ def bench_loss_overhead(
 ) -> None:
     """Time a training step with each loss against focal loss on the same batch."""
     from pathodet.bench.loss_overhead import measure
+    from pathodet.core.io import atomic_write_text
     from pathodet.core.machine import machine_record, resolve_precision
-    from pathodet.data.io import atomic_write_text
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")

@@ -3,7 +3,7 @@
 Both views of a mini-batch, the tiles as they are (``o``) and their colour view (``a``),
 go through the one detector in a single forward pass (shared weights, one batch of
 ``2B``). Each view's detached predictions are turned into pseudo-labels by
-:func:`~pathodet.losses.comining.mine_batch`; those of view ``o`` join the annotations
+:func:`~pathodet.training.mining.mine_batch`; those of view ``o`` join the annotations
 supervising view ``a`` and vice versa, and the loss is the sum of the two views' detection
 losses (any loss of the family, ``loss.name``).
 
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pathodet.engine.config import CominingConfig
-from pathodet.engine.step import Precision, autocast, collate
-from pathodet.losses.comining import complete_sets, mine_batch
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss
 from pathodet.losses.ghm import CountReduce
 from pathodet.model.boxes import box_iou
 from pathodet.model.config import AssignConfig
 from pathodet.model.retinanet import HeadOutputs
+from pathodet.training.config import CominingConfig
+from pathodet.training.mining import complete_sets, mine_batch
+from pathodet.training.step import Precision, autocast, collate
 
 MATCH_IOU = 0.3
 """A mined box is a real SRC when its IoU with a true SRC box reaches this: the challenge's
@@ -42,7 +42,7 @@ SRCs in the tiles, of them found by a mined box of either view."""
 def collate_views(
     items: list[dict],
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor, list[Tensor] | None]:
-    """:func:`~pathodet.engine.step.collate` plus the colour view and the truth.
+    """:func:`~pathodet.training.step.collate` plus the colour view and the truth.
 
     Returns:
         ``images (B, 3, H, W)``, boxes, ``ap (B,)``, ``images_a (B, 3, H, W)`` (the

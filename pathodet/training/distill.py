@@ -14,9 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pathodet.engine.checkpoint import CheckpointError, load_detector
-from pathodet.engine.config import DistillConfig
-from pathodet.engine.step import Precision, autocast
 from pathodet.losses.config import LossConfig
 from pathodet.losses.criterion import detection_loss, gather_boxes, label_anchors
 from pathodet.losses.distill import hint_loss, imitation_mask, kd_cls_loss, kd_reg_loss
@@ -25,6 +22,9 @@ from pathodet.model.assign import POSITIVE
 from pathodet.model.boxes import encode
 from pathodet.model.config import AssignConfig, ModelConfig
 from pathodet.model.retinanet import STRIDES
+from pathodet.training.checkpoint import CheckpointError, load_detector
+from pathodet.training.config import DistillConfig
+from pathodet.training.step import Precision, autocast
 
 DISTILL_KEYS = ("hint", "kdc", "kdr")
 

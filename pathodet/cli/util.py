@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pathodet.config import ConfigError
+from pathodet.training.config import ConfigError
 
 
 def fail(message: str, code: int = 2) -> None:

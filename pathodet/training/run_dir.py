@@ -1,5 +1,5 @@
 """The files of a training run folder that identify the run: its resolved config and the
-checkpoint names (see :mod:`pathodet.engine.train` for the whole folder)."""
+checkpoint names (see :mod:`pathodet.training.train` for the whole folder)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pathodet.config import Config, same_config
-from pathodet.data.io import atomic_write_text
-from pathodet.engine.checkpoint import CheckpointError
+from pathodet.core.io import atomic_write_text
+from pathodet.training.checkpoint import CheckpointError
+from pathodet.training.config import Config, same_config
 
 CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 

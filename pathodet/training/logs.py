@@ -12,7 +12,7 @@ import csv
 import io
 from pathlib import Path
 
-from pathodet.data.io import atomic_write_text
+from pathodet.core.io import atomic_write_text
 
 HEADER = ["step", "epoch", "split", "name", "value"]
 EPOCH_END_SPLITS = ("val", "mining")

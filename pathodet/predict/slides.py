@@ -32,16 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pathodet.core.dist import DistInfo, barrier
+from pathodet.core.io import atomic_write_bytes, atomic_write_text
 from pathodet.data.geojson import write_geojson
-from pathodet.data.io import atomic_write_bytes, atomic_write_text
 from pathodet.data.predictions import ImagePredictions, write_predictions
-from pathodet.engine.dist import DistInfo, barrier
-from pathodet.engine.predict import PredictSettings, WindowDetector
-from pathodet.slides.detect import Timings, detect_windows, merge
-from pathodet.slides.plan import SlidePlan, SlideSettings, plan_slide
-from pathodet.slides.reader import Slide, SlideError, SlideInfo, thumbnail
-from pathodet.slides.report import density_grid, heatmap_png, slide_summary, tissue_png
-from pathodet.slides.tissue import tissue_mask
+from pathodet.predict.plan import SlidePlan, SlideSettings, plan_slide
+from pathodet.predict.reader import Slide, SlideError, SlideInfo, thumbnail
+from pathodet.predict.slide_report import density_grid, heatmap_png, slide_summary, tissue_png
+from pathodet.predict.slide_windows import Timings, detect_windows, merge
+from pathodet.predict.tissue import tissue_mask
+from pathodet.predict.windows import PredictSettings, WindowDetector
 
 SLIDES_DIR = "slides"
 RUN_SUMMARY = "slides.json"
@@ -270,7 +270,7 @@ def _run_summary(out: Path, records: list[dict], dist: DistInfo, split: str) -> 
 def slide_inputs(inputs: Sequence[str | os.PathLike[str]], force: bool = False) -> list[Path]:
     """The inputs that are slides (files, or slide files inside folders); all files if ``force``."""
     from pathodet.data.digestpath import IMAGE_SUFFIXES
-    from pathodet.slides.reader import SLIDE_SUFFIXES, is_slide_file
+    from pathodet.predict.reader import SLIDE_SUFFIXES, is_slide_file
 
     out: list[Path] = []
     for item in map(Path, inputs):

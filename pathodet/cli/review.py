@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from pathodet.cli_util import fail, user_errors
+from pathodet.cli.util import fail, user_errors
 
 review_app = typer.Typer(help="The pathologists' review app and the export of its decisions.")
 

@@ -26,7 +26,7 @@ from pathodet.data.folds import assign_folds, split
 from pathodet.data.pseudo import load_pseudo_samples
 from pathodet.data.samples import Sample, load_sample, load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window, rescale_factors
-from pathodet.engine.config import TrainConfig
+from pathodet.training.config import TrainConfig
 
 
 @dataclass

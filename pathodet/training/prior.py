@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pathodet.config import Config
 from pathodet.core.machine import resolve_precision
 from pathodet.data.tiling import TileDataset
-from pathodet.engine.checkpoint import CheckpointError, load_detector
-from pathodet.engine.step import Precision, autocast, collate
 from pathodet.model.assign import POSITIVE, assign_retinanet
 from pathodet.model.config import AssignConfig, ModelConfig
+from pathodet.training.checkpoint import CheckpointError, load_detector
+from pathodet.training.config import Config
+from pathodet.training.step import Precision, autocast, collate
 
 
 class PriorScorer:

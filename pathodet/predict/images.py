@@ -24,17 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pathodet.config import Config
+from pathodet.core.dist import env_dist_info, pick_device
+from pathodet.core.io import atomic_write_image, atomic_write_text, remove_stale_temps
 from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
-from pathodet.data.io import atomic_write_image, atomic_write_text, remove_stale_temps
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, write_predictions
 from pathodet.data.voc import write_voc
-from pathodet.engine.checkpoint import load_detector
-from pathodet.engine.dist import env_dist_info, pick_device
-from pathodet.engine.predict import PredictSettings, detect_files
+from pathodet.predict.windows import PredictSettings, detect_files
+from pathodet.training.checkpoint import load_detector
+from pathodet.training.config import Config
 
 
 def list_images(
@@ -42,7 +42,7 @@ def list_images(
 ) -> list[Path]:
     """Image files named directly, in folders (not recursive), or in a DigestPath root.
 
-    Files in ``exclude`` (the slides, which go through :mod:`pathodet.slides`) are left
+    Files in ``exclude`` (the slides, which go through :mod:`pathodet.predict`) are left
     out, and then an empty list is no error.
 
     Raises:

@@ -3,7 +3,7 @@
 One epoch = one pass over the AP training tiles in batches with AP:NP at 1:3
 (:class:`~pathodet.data.sampler.APNPBatchSampler`), then a validation loss on the held-out
 fold. Everything that decides the result is saved in ``last.pt`` (see
-:mod:`pathodet.engine.checkpoint`): a resumed run replays the same batches from where the
+:mod:`pathodet.training.checkpoint`): a resumed run replays the same batches from where the
 checkpoint was taken and ends with the same weights as a run that was never stopped.
 
 Run folder::
@@ -27,27 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathodet.config import Config
-from pathodet.core.machine import (
-    configure_threads,
-    machine_record,
-    resolve_precision,
-    share_cores,
-)
-from pathodet.data.augment import ColourView, TileAugment
-from pathodet.data.io import remove_stale_temps
-from pathodet.data.predictions import ImagePredictions
-from pathodet.data.sampler import APNPBatchSampler
-from pathodet.engine.checkpoint import load_checkpoint, save_checkpoint
-from pathodet.engine.comining import (
-    MINING_KEYS,
-    collate_views,
-    comining_losses,
-    mining_counts,
-    mining_summary,
-)
-from pathodet.engine.data import AugmentedTiles, TrainingData, training_data, validation_batches
-from pathodet.engine.dist import (
+from pathodet.core.dist import (
     DistInfo,
     all_reduce_sum,
     barrier,
@@ -56,21 +36,41 @@ from pathodet.engine.dist import (
     shutdown,
     wrap_ddp,
 )
-from pathodet.engine.distill import DISTILL_KEYS, Distiller, distill_losses
-from pathodet.engine.logs import MetricsLog
-from pathodet.engine.prior import score_prior
-from pathodet.engine.progress import TrainProgress
-from pathodet.engine.run_dir import (
+from pathodet.core.io import remove_stale_temps
+from pathodet.core.machine import (
+    configure_threads,
+    machine_record,
+    resolve_precision,
+    share_cores,
+)
+from pathodet.core.progress import TrainProgress
+from pathodet.data.augment import ColourView, TileAugment
+from pathodet.data.predictions import ImagePredictions
+from pathodet.data.sampler import APNPBatchSampler
+from pathodet.losses.criterion import detection_loss
+from pathodet.model import build_retinanet
+from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
+from pathodet.training.checkpoint import load_checkpoint, save_checkpoint
+from pathodet.training.comining import (
+    MINING_KEYS,
+    collate_views,
+    comining_losses,
+    mining_counts,
+    mining_summary,
+)
+from pathodet.training.config import Config
+from pathodet.training.data import AugmentedTiles, TrainingData, training_data, validation_batches
+from pathodet.training.distill import DISTILL_KEYS, Distiller, distill_losses
+from pathodet.training.logs import MetricsLog
+from pathodet.training.prior import score_prior
+from pathodet.training.run_dir import (
     BEST,
     LAST,
     absolute_paths,
     check_resume_config,
     save_run_config,
 )
-from pathodet.engine.step import autocast, backward, collate, collate_pseudo, loss_and_gradients
-from pathodet.losses.criterion import detection_loss
-from pathodet.model import build_retinanet
-from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
+from pathodet.training.step import autocast, backward, collate, collate_pseudo, loss_and_gradients
 
 ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
 OnStep = Callable[[int, int, float], None]

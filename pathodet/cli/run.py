@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pathodet.cli_util import fail, progress_bar, slide_progress, user_errors
-from pathodet.config import load_config
+from pathodet.cli.util import fail, progress_bar, slide_progress, user_errors
+from pathodet.training.config import load_config
 
 
 def train_cmd(
@@ -29,12 +29,12 @@ def train_cmd(
 
     Also works under torchrun: ``torchrun --nproc_per_node 2 -m pathodet train ...``.
     """
-    from pathodet.config import parse_overrides
-    from pathodet.engine.checkpoint import CheckpointError
-    from pathodet.engine.dist import env_dist_info
-    from pathodet.engine.run_dir import CONFIG_FILE, RESUMABLE_KEYS
-    from pathodet.engine.train import RunExists, TrainingDiverged, train
+    from pathodet.core.dist import env_dist_info
     from pathodet.eval.validation import tile_metrics
+    from pathodet.training.checkpoint import CheckpointError
+    from pathodet.training.config import parse_overrides
+    from pathodet.training.run_dir import CONFIG_FILE, RESUMABLE_KEYS
+    from pathodet.training.train import RunExists, TrainingDiverged, train
 
     with user_errors():
         if resume is not None:
@@ -122,18 +122,18 @@ def predict_cmd(
     Under ``torchrun --nproc_per_node N -m pathodet predict ...`` the slides, or with
     --split tiles the windows of each slide, are shared among the processes.
     """
+    from pathodet.core.dist import DistInfo, init_distributed, pick_device, shutdown
     from pathodet.core.machine import resolve_precision
-    from pathodet.engine.checkpoint import CheckpointError, load_detector
-    from pathodet.engine.dist import DistInfo, init_distributed, pick_device, shutdown
-    from pathodet.engine.predict import PredictSettings, retinanet_detector
-    from pathodet.engine.predict_run import (
+    from pathodet.predict.images import (
         checkpoint_fingerprint,
         for_checkpoint,
         list_images,
         run_predict,
     )
-    from pathodet.slides.plan import SlideSettings
-    from pathodet.slides.run import run_slides, slide_inputs
+    from pathodet.predict.plan import SlideSettings
+    from pathodet.predict.slides import run_slides, slide_inputs
+    from pathodet.predict.windows import PredictSettings, retinanet_detector
+    from pathodet.training.checkpoint import CheckpointError, load_detector
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
@@ -200,7 +200,7 @@ def evaluate_cmd(
     ] = "auto",
 ) -> None:
     """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
-    from pathodet.data.io import atomic_write_text
+    from pathodet.core.io import atomic_write_text
     from pathodet.eval.report import cross_validation, cv_md
     from pathodet.eval.run import run_evaluate
 
@@ -217,8 +217,8 @@ def evaluate_cmd(
         if data is None or (predictions is None) == (checkpoint is None):
             fail("give --data and one of --predictions CSV or --checkpoint CKPT (or --cv RUNS)")
         if checkpoint is not None:
-            from pathodet.engine.predict import PredictSettings
-            from pathodet.engine.predict_run import run_predict
+            from pathodet.predict.images import run_predict
+            from pathodet.predict.windows import PredictSettings
 
             with progress_bar("predict") as update:
                 run_predict(checkpoint, [data], out / "predictions",
@@ -306,8 +306,8 @@ def cv_cmd(
 
     Resumable: run the same command again after an interruption.
     """
-    from pathodet.engine.predict import PredictSettings
     from pathodet.eval.cv import run_cv
+    from pathodet.predict.windows import PredictSettings
 
     if group not in ("case", "slide"):
         fail(f"--group must be 'case' or 'slide', got {group!r}")
