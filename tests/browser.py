@@ -90,16 +90,16 @@ def review_fixture(base: Path, seed: int = 5) -> tuple[Path, Path]:
     every true SRC detected with a high score, plus low-scoring false positives."""
     from pathodet.data.predictions import ImagePredictions, write_predictions
     from pathodet.data.synth import write_synthetic_dataset
-    from pathodet.eval.truth import load_truth
+    from pathodet.eval.annotations import load_annotations
 
     data, preds = base / "data", base / "preds"
     write_synthetic_dataset(data, positive=2, negative=2, size=1000, seed=seed,
                             images_per_slide=1)  # fmt: skip
-    truth = load_truth(data)
+    truth = load_annotations(data)
     rng = np.random.default_rng(seed)
     out = {}
-    for name, t in truth.truth.items():
-        full = truth.full[name].boxes if truth.full else t.boxes
+    for name, t in truth.annotated.items():
+        full = truth.full_truth[name].boxes if truth.full_truth else t.boxes
         n = 12
         xy = rng.uniform(50, 900, (n, 2))
         fp = np.column_stack([xy, xy + rng.uniform(30, 70, (n, 2))])

@@ -30,7 +30,7 @@ from pathodet.cli import app
 from pathodet.data.digestpath import FULL_DIR, load_records
 from pathodet.data.drop import REMOVED_DIR
 from pathodet.data.voc import read_voc
-from pathodet.eval.run import run_evaluate
+from pathodet.eval.evaluate import run_evaluate
 from pathodet.training.config import load_config
 
 LABELS = {m: METHODS[m].label for m in METHODS}

@@ -111,9 +111,9 @@ def test_dghm_groups_move_mined_positives_to_the_noisy_group():
     targets = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0])
     ap = torch.tensor([True, True, True, False, False])
     mined = torch.tensor([False, True, True, False, True])  # a mined flag on a negative is moot
-    group, _ = dghm_groups(targets, ap, 2.0, 0.5, noisy_positive=mined)
+    group, _ = dghm_groups(targets, ap, 2.0, 0.5, pseudo_positive=mined)
     assert group.tolist() == [CLEAN, NOISY, NOISY, CLEAN, NOISY]
-    group, _ = dghm_groups(targets, ap, 2.0, 0.5, star=True, noisy_positive=mined)
+    group, _ = dghm_groups(targets, ap, 2.0, 0.5, star=True, pseudo_positive=mined)
     assert group.tolist() == [AP_P, AP_N, AP_N, NP_N, AP_N]
 
 
@@ -129,7 +129,7 @@ def test_detection_loss_groups_positives_on_mined_boxes_as_the_setting_says():
     plain = detection_loss(out, boxes, ap, cfg)["cls"]
     noisy = detection_loss(out, boxes, ap, cfg, mined=mined)["cls"]
     clean = detection_loss(out, boxes, ap, cfg.model_copy(update={"dghm": cfg.dghm.model_copy(
-        update={"mined_group": "clean"})}), mined=mined)["cls"]  # fmt: skip
+        update={"pseudo_group": "clean"})}), mined=mined)["cls"]  # fmt: skip
     assert torch.allclose(clean, plain)  # 'clean': mined positives are ordinary positives
     # independent reference: label anchors, flag positives matched to box 1 of image 0
     logits, targets, ap_flat, flags = [], [], [], []
@@ -145,7 +145,7 @@ def test_detection_loss_groups_positives_on_mined_boxes_as_the_setting_says():
         flags.append((pos & (lab.matched == 1) & (i == 0))[valid])
     assert bool(torch.cat(flags).any())
     ref = dghm_c_loss(torch.cat(logits), torch.cat(targets), torch.cat(ap_flat),
-                      noisy_positive=torch.cat(flags))  # fmt: skip
+                      pseudo_positive=torch.cat(flags))  # fmt: skip
     assert torch.allclose(noisy, ref, atol=1e-6)
     assert not torch.allclose(noisy, plain)
 
@@ -206,15 +206,15 @@ def test_colour_view_is_seeded_pixel_aligned_and_identity_at_zero_strength():
     assert np.abs(still(image, 3).astype(int) - image).max() <= 1
 
 
-def test_truth_boxes_follow_the_same_geometry_as_the_annotations():
+def test_full_truth_boxes_follow_the_same_geometry_as_the_annotations():
     rng = np.random.default_rng(1)
     boxes = np.array([[10, 12, 40, 44], [100, 90, 130, 118], [60, 150, 90, 180]], np.float32)
     item = {"image": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8), "boxes": boxes,
-            "box_index": np.arange(3), "truth_boxes": boxes.copy()}  # fmt: skip
+            "box_index": np.arange(3), "full_truth_boxes": boxes.copy()}  # fmt: skip
     aug = TileAugment(AugmentConfig(crop=150, vflip=True))
     for seed in range(10):
         out = aug(item, seed)
-        assert np.array_equal(out["truth_boxes"], out["boxes"])
+        assert np.array_equal(out["full_truth_boxes"], out["boxes"])
         assert out["box_index"].min(initial=0) >= 0
 
 
@@ -275,7 +275,7 @@ def test_comining_config_trains_and_logs_mining_against_the_truth(loss, data, tm
 def test_saved_configs_stay_current_when_keys_are_added():
     cfg = load_config(REPO / "configs/dghm.yaml")
     old = cfg.model_dump(mode="json")
-    del old["train"]["comining"], old["loss"]["dghm"]["mined_group"]  # before co-mining
+    del old["train"]["comining"], old["loss"]["dghm"]["pseudo_group"]  # before co-mining
     assert same_config(old, cfg)
     old["train"]["lr"] = 0.5
     assert not same_config(old, cfg)

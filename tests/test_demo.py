@@ -14,7 +14,6 @@ from pathodet.core.machine import bf16_native
 from pathodet.demo import DemoSettings, run_demo
 from pathodet.demo.calibrate import LADDER_RATIO, measure_speed
 from pathodet.demo.progress import DemoProgress
-from pathodet.demo.run import choose_recipe, machine_speed
 from pathodet.demo.settings import (
     BUDGET_USE,
     LOSSES,
@@ -23,6 +22,7 @@ from pathodet.demo.settings import (
     schedule,
     step_seconds,
 )
+from pathodet.demo.synthetic import choose_recipe, machine_speed
 from pathodet.eval.metrics import froc_curve, operating_threshold
 from pathodet.training.config import load_config
 
@@ -207,7 +207,7 @@ def test_tiny_demo_writes_every_stage(tiny):
 
 def test_tiny_demo_reports_the_metrics_of_the_predictions_it_wrote(tiny):
     out, result, _ = tiny
-    from pathodet.eval.run import run_evaluate
+    from pathodet.eval.evaluate import run_evaluate
 
     for loss in LOSSES:
         again = run_evaluate(out / "data" / "test", out / "predictions" / loss /
@@ -275,7 +275,7 @@ def test_calibration_measures_this_machine_without_touching_the_runs_random_stat
 
 
 def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path, monkeypatch):
-    import pathodet.demo.run as demo_run
+    import pathodet.demo.synthetic as demo_run
 
     seen = []
 

@@ -15,7 +15,7 @@ from pathodet.data.predictions import (
     read_predictions,
 )
 from pathodet.eval.matching import greedy_match, iou_matrix
-from pathodet.eval.metrics import Truth, evaluate, froc_points
+from pathodet.eval.metrics import ImageBoxes, evaluate, froc_points
 from pathodet.eval.report import cross_validation
 
 
@@ -26,7 +26,7 @@ def P(*rows):
 
 
 def T(attr, *boxes):
-    return Truth(attr, np.asarray(boxes, float).reshape(-1, 4))
+    return ImageBoxes(attr, np.asarray(boxes, float).reshape(-1, 4))
 
 
 A = [0, 0, 10, 10]
@@ -143,7 +143,7 @@ def test_t_recall_r_recall_and_true_metrics():
     removed = {"p.jpg": T("AP", [30, 30, 40, 40], [60, 60, 70, 70]), "n.jpg": T("NP")}
     full = {"p.jpg": T("AP", A, [30, 30, 40, 40], [60, 60, 70, 70]), "n.jpg": T("NP")}
     preds = {"p.jpg": P([*A, 0.9], [30, 30, 40, 40, 0.8], [80, 80, 90, 90, 0.7])}
-    m = evaluate(preds, truth, removed=removed, full=full)
+    m = evaluate(preds, truth, removed=removed, full_truth=full)
     assert m["t_recall"] == 1.0
     assert m["r_recall"] == 0.5 and m["num_removed"] == 2
     assert m["true_recall"] == pytest.approx(2 / 3) and m["num_true"] == 3
@@ -197,7 +197,7 @@ def test_froc_matches_a_slow_reference_on_random_cases(seed):
         attr = "AP" if i < 3 else "NP"
         n = rng.integers(0, 6) if attr == "AP" else 0
         xy = rng.uniform(0, 80, (n, 2))
-        truth[f"{i}.jpg"] = Truth(attr, np.hstack([xy, xy + rng.uniform(5, 15, (n, 2))]))
+        truth[f"{i}.jpg"] = ImageBoxes(attr, np.hstack([xy, xy + rng.uniform(5, 15, (n, 2))]))
         m = rng.integers(0, 12)
         if m:
             xy = rng.uniform(0, 80, (m, 2))

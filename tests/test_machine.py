@@ -228,9 +228,11 @@ def test_calibration_is_measured_once_per_folder_machine_and_recipe(tmp_path, mo
 
 def test_explicit_bf16_runs_the_network_in_bf16_on_a_tiny_input(fresh_announcements):
     """The bf16 path itself, on an input small enough to be quick where bf16 is emulated."""
+    from pathodet.core.machine import autocast
     from pathodet.losses.config import LossConfig
+    from pathodet.losses.criterion import Criterion, Targets
     from pathodet.model import ModelConfig, build_retinanet
-    from pathodet.training.step import autocast, train_step
+    from pathodet.training.train import train_step
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -242,8 +244,8 @@ def test_explicit_bf16_runs_the_network_in_bf16_on_a_tiny_input(fresh_announceme
         assert out.cls_logits.dtype == torch.bfloat16
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         boxes = [torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.zeros(0, 4)]
-        losses = train_step(model, opt, images, boxes, torch.tensor([True, False]),
-                            LossConfig(name="dghm"), precision="bf16")  # fmt: skip
+        losses = train_step(model, opt, Criterion(LossConfig(name="dghm")), images,
+                            Targets(boxes, torch.tensor([True, False])), "bf16")  # fmt: skip
     assert math.isfinite(float(losses["loss"]))
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
 

@@ -22,14 +22,14 @@ from pathodet.data.voc import read_voc
 from pathodet.losses.config import LossConfig
 from pathodet.model.config import AssignConfig
 from pathodet.purify.classifier import PUConfig, estimate_prior
+from pathodet.purify.pipeline import run_purify
 from pathodet.purify.pool import pool_tiles, read_tile
-from pathodet.purify.run import run_purify
+from pathodet.training.batch import collate_pseudo
 from pathodet.training.checkpoint import CheckpointError, load_checkpoint
 from pathodet.training.config import DistillConfig, load_config
 from pathodet.training.data import training_data
 from pathodet.training.distill import Distiller, distill_losses
 from pathodet.training.logs import read_metrics
-from pathodet.training.step import collate_pseudo
 from pathodet.training.train import train
 
 
@@ -275,9 +275,9 @@ def test_student_trains_on_pseudo_tiles_with_distillation_and_resumes(world, tmp
     pseudo_tiles = [i for i, r in enumerate(data.train.refs) if data.train.samples[r.sample].pseudo]
     assert len(pseudo_tiles) == 6
     with_boxes = {i for i in pseudo_tiles if len(data.train[i]["boxes"])}
-    assert with_boxes and with_boxes <= set(data.ap)  # drawn with the AP tiles
+    assert with_boxes and with_boxes <= set(data.ap_tiles)  # drawn with the AP tiles
     empty = set(pseudo_tiles) - with_boxes
-    assert not empty & set(data.ap)  # a pseudo tile without a box is never drawn as AP
+    assert not empty & set(data.ap_tiles)  # a pseudo tile without a box is never drawn as AP
     run = tmp_path / "student"
     train(cfg, run, progress=False, log=lambda m: None)
     names = {r["name"] for r in read_metrics(run) if r["split"] == "train"}
@@ -298,7 +298,7 @@ def test_student_trains_on_pseudo_tiles_with_distillation_and_resumes(world, tmp
 
 def test_separation_shares_by_hand():
     """Positive logits: 2 of 4 positives, 1 of 3 pool tiles; g = 0 is not positive."""
-    from pathodet.purify.run import separation
+    from pathodet.purify.pipeline import separation
 
     got = separation(np.array([0.5, -1.0, 2.0, 0.0]), np.array([-3.0, 0.1, -0.2]))
     assert got == {"positives_scored_positive": 0.5, "pool_scored_positive": pytest.approx(1 / 3)}

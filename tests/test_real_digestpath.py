@@ -132,7 +132,7 @@ def test_reader_counts_and_sizes_of_real_images(tmp_path):
 @needs_real
 def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     from pathodet.demo.real import real_config
-    from pathodet.eval.run import run_evaluate
+    from pathodet.eval.evaluate import run_evaluate
     from pathodet.predict.images import run_predict
     from pathodet.predict.windows import PredictSettings
     from pathodet.training.train import train

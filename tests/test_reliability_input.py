@@ -547,7 +547,7 @@ def test_unknown_image_is_an_error_naming_line_and_image(tmp_path):
 
 
 def test_evaluate_refuses_predictions_for_images_not_in_the_data(make_root, tmp_path):
-    from pathodet.eval.run import run_evaluate
+    from pathodet.eval.evaluate import run_evaluate
 
     root = make_root(pos={"s1_a": (64, 64, [(5, 5, 20, 20)])}, neg={"s2_b": (64, 64, None)})
     p = tmp_path / "p.csv"

@@ -17,15 +17,17 @@ import torch
 from matplotlib.figure import Figure
 
 from pathodet.core.io import atomic_write_bytes, atomic_write_text
+from pathodet.core.machine import autocast
 from pathodet.data.digestpath import load_records
 from pathodet.data.samples import load_samples
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import TileDataset
 from pathodet.losses.common import gradient_norm
 from pathodet.losses.config import LossConfig
-from pathodet.losses.criterion import label_anchors
+from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model import ModelConfig, build_retinanet
-from pathodet.training.step import autocast, collate, train_step
+from pathodet.training.batch import collate
+from pathodet.training.train import train_step
 
 GROUPS = ("AP_P", "AP_N", "NP_N")
 
@@ -61,12 +63,12 @@ def gradient_histograms(
     torch.manual_seed(seed)
     model = build_retinanet(ModelConfig())
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    cfg = LossConfig(name=loss)
+    criterion = Criterion(LossConfig(name=loss), model.cfg.assign)
     rng = np.random.default_rng(seed)
     losses = []
     for idx in _balanced_batches(tiles, batch, steps, rng):
         images, boxes, ap = collate([tiles[i] for i in idx])
-        losses.append(train_step(model, opt, images, boxes, ap, cfg, precision="auto")["loss"])
+        losses.append(train_step(model, opt, criterion, images, Targets(boxes, ap), "auto")["loss"])
         if log is not None and len(losses) % 25 == 0:
             log(f"step {len(losses)}: loss {np.mean(losses[-25:]):.4f}")
 
@@ -78,7 +80,7 @@ def gradient_histograms(
         images, boxes, ap = collate([eval_tiles[i]])
         with torch.no_grad(), autocast("auto", images.device):
             o = model(images)
-        lab = label_anchors(o.anchors, boxes, cfg, model.cfg.assign)[0].labels
+        lab = criterion.label(o.anchors, boxes)[0].labels
         valid = lab >= 0
         g = gradient_norm(o.cls_logits[0].float()[valid], (lab[valid] == 1).float()).numpy()
         pos = (lab[valid] == 1).numpy()

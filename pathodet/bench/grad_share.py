@@ -25,11 +25,11 @@ import torch
 from pathodet.data.digestpath import load_records
 from pathodet.data.samples import load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window
-from pathodet.losses.criterion import CLASSIFICATION_LOSSES, AnchorBatch
+from pathodet.losses.criterion import AnchorBatch, Criterion
 from pathodet.model.assign import NEGATIVE, POSITIVE, assign_retinanet
 from pathodet.model.boxes import box_iou
+from pathodet.training.batch import collate
 from pathodet.training.checkpoint import load_detector
-from pathodet.training.step import collate
 
 GROUPS = ("AP_P", "AP_N missed", "AP_N other", "NP_N")
 PROBED = ("ce", "focal", "ghm", "sce", "dghm", "dghm_star", "oss")
@@ -136,7 +136,8 @@ def gradient_shares(
             x = flat_logits.clone().requires_grad_(True)
             ab = AnchorBatch(logits=x, targets=tgt, ap_image=flat_ap, iou=torch.cat(iou),
                              normalizer=tgt.sum().clamp(min=1))  # fmt: skip
-            (grad,) = torch.autograd.grad(CLASSIFICATION_LOSSES[name](ab, cfg.loss), x)
+            criterion = Criterion(cfg.loss.model_copy(update={"name": name}))
+            (grad,) = torch.autograd.grad(criterion.classification(ab), x)
             mag = grad.abs().numpy()
             for gname in GROUPS:
                 sums[name][gname] += float(mag[group == gname].sum())

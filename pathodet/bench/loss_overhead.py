@@ -12,10 +12,11 @@ import time
 
 import torch
 
+from pathodet.core.machine import PrecisionSetting, autocast
 from pathodet.losses.config import LossConfig
-from pathodet.losses.criterion import detection_loss
+from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model import ModelConfig, build_retinanet
-from pathodet.training.step import Precision, autocast, train_step
+from pathodet.training.train import train_step
 
 
 def _random_batch(
@@ -39,7 +40,7 @@ def measure(
     batch: int = 8,
     size: int = 600,
     repeats: int = 5,
-    precision: Precision = "auto",
+    precision: PrecisionSetting = "auto",
     seed: int = 0,
 ) -> dict:
     """Median step and loss-only times per loss, and their ratios to ``focal``."""
@@ -50,20 +51,19 @@ def measure(
     names = ["focal", *[n for n in losses if n != "focal"]]
     step_t: dict[str, list[float]] = {n: [] for n in names}
     loss_t: dict[str, list[float]] = {n: [] for n in names}
-    train_step(
-        model, opt, images, boxes, ap, LossConfig(name="focal"), precision=precision
-    )  # warm-up
+    targets = Targets(boxes, ap)
+    train_step(model, opt, Criterion(LossConfig(name="focal")), images, targets, precision)
     for _ in range(repeats):
         for n in names:
-            cfg = LossConfig(name=n)
+            criterion = Criterion(LossConfig(name=n))
             t0 = time.perf_counter()
-            train_step(model, opt, images, boxes, ap, cfg, precision=precision)
+            train_step(model, opt, criterion, images, targets, precision)
             step_t[n].append(time.perf_counter() - t0)
             with torch.no_grad(), autocast(precision, images.device):
                 out = model(images)
             t0 = time.perf_counter()
             for _ in range(5):
-                detection_loss(out, boxes, ap, cfg)
+                criterion(out, targets)
             loss_t[n].append((time.perf_counter() - t0) / 5)
     med_step = {n: statistics.median(v) for n, v in step_t.items()}
     med_loss = {n: statistics.median(v) for n, v in loss_t.items()}

@@ -57,9 +57,9 @@ from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, load_records, w
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.demo.settings import config_for_steps, demo_config
-from pathodet.eval.run import run_evaluate
-from pathodet.predict.images import run_predict
-from pathodet.predict.windows import PredictSettings
+from pathodet.eval.evaluate import run_evaluate
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.pipeline import predict
 from pathodet.purify.classifier import PUConfig
 from pathodet.training.config import Config, same_config
 from pathodet.training.logs import read_metrics
@@ -195,10 +195,10 @@ def bench_config(out: Path, s: LossBenchSettings, seed: int, rate: float, method
     return absolute_paths(cfg)
 
 
-def predict_settings(s: LossBenchSettings) -> PredictSettings:
+def predict_settings(s: LossBenchSettings) -> PredictConfig:
     """Whole images in one window (they are smaller than 1024 px), bf16 where native, the
     demo's NMS."""
-    return PredictSettings(tile=1024, overlap=128, batch_size=2, precision="auto",
+    return PredictConfig(tile=1024, overlap=128, batch_size=2, precision="auto",
                            nms_iou=s.nms_iou)  # fmt: skip
 
 
@@ -212,8 +212,8 @@ def evaluate_run(out: Path, folder: Path, rate: float, s: LossBenchSettings) -> 
     test, train_root = out / "data" / "test", out / "data" / rate_name(rate)
     settings = predict_settings(s)
     pred_test, pred_train = folder / "predictions" / "test", folder / "predictions" / "train"
-    run_predict(checkpoint, [test / POS_DIR, test / NEG_DIR], pred_test, settings)
-    run_predict(checkpoint, [train_root / POS_DIR], pred_train, settings)
+    predict(settings, checkpoint, [test / POS_DIR, test / NEG_DIR], pred_test)
+    predict(settings, checkpoint, [train_root / POS_DIR], pred_train)
     on_test = run_evaluate(test, pred_test / "predictions.csv", folder / "eval-test")
     on_train = run_evaluate(
         train_root, pred_train / "predictions.csv", folder / "eval-train",

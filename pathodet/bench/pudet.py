@@ -24,8 +24,8 @@ from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.purify.classifier import PUConfig
+from pathodet.purify.pipeline import SUMMARY, purification_truth, run_purify
 from pathodet.purify.pool import pool_tiles
-from pathodet.purify.run import SUMMARY, purification_truth, run_purify
 
 PU_METHODS = {"pudet": "pu", "pudet_random": "random"}
 """Bench method -> purification selection."""

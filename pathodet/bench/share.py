@@ -44,8 +44,9 @@ def child_work(steps: int, threads: int | None, torch_first: bool = False) -> di
     from pathodet.core.machine import configure_threads, resolve_precision, share_cores
     from pathodet.demo.calibrate import random_batch
     from pathodet.demo.settings import demo_config
+    from pathodet.losses.criterion import Criterion, Targets
     from pathodet.model import build_retinanet
-    from pathodet.training.step import train_step
+    from pathodet.training.train import train_step
 
     # the spinning row is pathodet before this change: every core, no sharing
     n = configure_threads(usable_cores() if torch_first else threads)
@@ -55,13 +56,14 @@ def child_work(steps: int, threads: int | None, torch_first: bool = False) -> di
     model = build_retinanet(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, boxes, ap = random_batch(8, cfg.train.augment.crop, torch.Generator().manual_seed(0))
-    train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)  # warm-up
+    criterion, targets = Criterion(cfg.loss, cfg.model.assign), Targets(boxes, ap)
+    train_step(model, opt, criterion, images, targets, precision)  # warm-up
     print("ready", flush=True)  # the parent starts every child's timed work at once
     sys.stdin.readline()
     t0 = time.perf_counter()
     for _ in range(steps):
         share_cores()  # as the trainer does at every step
-        train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
+        train_step(model, opt, criterion, images, targets, precision)
     return {
         "seconds": time.perf_counter() - t0,
         "threads": n,

@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 
 from pathodet.core.io import atomic_write_text
-from pathodet.model.retinanet import SRCRetinaNet
-from pathodet.predict.plan import SlideSettings
-from pathodet.predict.slides import run_slides
-from pathodet.predict.windows import PredictSettings, retinanet_detector
+from pathodet.model.retinanet import FrozenDetector, SRCRetinaNet
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.pipeline import predict
 
 
-def timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[str, float]):  # noqa: ANN202
-    """The production detector (:func:`retinanet_detector`), timed into ``clock``: hooks on
+def timed_detector(model: SRCRetinaNet, settings: PredictConfig, clock: dict[str, float]):  # noqa: ANN202
+    """The production detector (:class:`FrozenDetector` at the run's settings), timed into ``clock``: hooks on
     the model add its forward passes to ``clock["forward"]``, the rest of each call (the
     per-window postprocess) to ``clock["postprocess"]``, and the windows seen to
     ``clock["windows"]``. Returns ``(detector, hook handles)``; remove the handles to stop
@@ -48,7 +47,8 @@ def timed_detector(model: SRCRetinaNet, settings: PredictSettings, clock: dict[s
 
     handles = [model.register_forward_pre_hook(forward_started),
                model.register_forward_hook(forward_done)]  # fmt: skip
-    detect = retinanet_detector(model, settings, torch.device("cpu"))
+    inference = settings.window_inference(model.cfg.inference)
+    detect = FrozenDetector(model, "cpu", settings.precision, inference).detect
 
     def timed(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         t0 = time.perf_counter()
@@ -73,13 +73,14 @@ def measure_one(slide: Path, checkpoint: Path | None, precision: str, batch_size
     else:
         torch.manual_seed(0)
         model = build_retinanet(ModelConfig())
-    settings = PredictSettings(tile=tile, batch_size=batch_size, precision=precision)  # type: ignore[arg-type]
+    settings = PredictConfig(tile=tile, batch_size=batch_size, precision=precision,  # type: ignore[arg-type]
+                             num_workers=workers)  # fmt: skip
     clock: dict[str, float] = {}
     detector, _ = timed_detector(model, settings, clock)  # a fresh model per process
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        run = run_slides(detector, [slide], Path(out), settings,
-                         SlideSettings(num_workers=workers), {"bench": 1})  # fmt: skip
+        run = predict(settings, None, [slide], out, detector=detector, model_id={"bench": 1},
+                      all_slides=True)["slides"]  # fmt: skip
         wall = time.perf_counter() - t0
         if run["failed"]:
             raise RuntimeError(run["slides"])

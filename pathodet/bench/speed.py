@@ -24,7 +24,8 @@ from pathodet.bench.slide_speed import timed_detector
 from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record
 from pathodet.model.retinanet import SRCRetinaNet
-from pathodet.predict.windows import PredictSettings, detect_image
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.windows import detect_image
 
 
 def _best(fn, repeats: int) -> float:
@@ -69,7 +70,7 @@ def image_inference(
     """Throughput of :func:`detect_image` on ``rgb`` (the production path, per window
     postprocess and whole-image NMS included), median of ``repeats`` after a warm-up; the
     forward passes and windows are counted by :func:`timed_detector`'s hooks."""
-    settings = PredictSettings(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
+    settings = PredictConfig(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
     clock: dict[str, float] = {}
     detect, handles = timed_detector(model, settings, clock)
     walls, forwards, windows = [], [], []
@@ -101,15 +102,15 @@ def image_inference(
 
 def froc_by_precision(checkpoint: Path, test_root: Path, out: Path, tile: int) -> dict:
     """FROC of fp32 and bf16 prediction of ``test_root`` with ``checkpoint``."""
-    from pathodet.eval.run import run_evaluate
-    from pathodet.predict.images import run_predict
+    from pathodet.eval.evaluate import run_evaluate
+    from pathodet.predict.pipeline import predict
 
     result = {}
     inputs = [test_root / "sig-train-pos", test_root / "sig-train-neg"]
     for precision in ("fp32", "bf16"):
         pred = out / f"froc-{precision}"
-        settings = PredictSettings(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
-        run_predict(checkpoint, inputs, pred, settings)
+        settings = PredictConfig(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
+        predict(settings, checkpoint, inputs, pred)
         m = run_evaluate(test_root, pred / "predictions.csv", pred / "eval")
         result[precision] = {"froc": m["froc"], "recall": m["recall"], "nfp": m["nfp"]}
     result["delta"] = result["bf16"]["froc"] - result["fp32"]["froc"]

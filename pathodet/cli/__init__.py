@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 
 from pathodet import __version__
+from pathodet.cli.commands import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
 from pathodet.cli.review import review_app
-from pathodet.cli.run import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
-from pathodet.cli.util import fail, progress_bar, user_errors
+from pathodet.cli.util import fail, user_errors
+from pathodet.core.progress import progress_bars
 from pathodet.training.config import load_config
 
 app = typer.Typer(
@@ -211,7 +212,7 @@ def synth(
 
     if positive < 0 or negative < 0 or size < 64:
         fail("--positive and --negative must be >= 0 and --size >= 64")
-    with user_errors(), progress_bar("synth") as update:
+    with user_errors(), progress_bars() as bars:
         report = write_synthetic_dataset(
             out,
             positive=positive,
@@ -220,7 +221,7 @@ def synth(
             seed=seed,
             annotate_rate=annotate_rate,
             images_per_slide=images_per_slide,
-            progress=update,
+            progress=lambda done, total: bars("synth", done, total),
         )
     totals = report.get("totals", {})
     typer.echo(json.dumps({"out": str(out), **totals}, indent=2))

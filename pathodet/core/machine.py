@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -130,6 +131,14 @@ def resolve_precision(setting: str, device: torch.device | str = "cpu", log=None
         else:
             print(message, file=sys.stderr)
     return chosen
+
+
+def autocast(precision: str, device: torch.device):
+    """Autocast context for ``bf16`` (CPU or CUDA), a no-op for ``fp32``; ``auto`` is
+    resolved first (:func:`resolve_precision`: bf16 where native). Losses stay fp32."""
+    if resolve_precision(precision, device) == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def machine_record(precision: str | None = None, device: torch.device | str = "cpu") -> dict:

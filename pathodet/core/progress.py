@@ -1,49 +1,94 @@
-"""The training progress bar: epoch, step, loss, tiles per second and ETA, on stderr."""
+"""Progress bars on stderr, the one implementation every command draws with.
+
+:class:`Bars` keeps one bar per named task (a stage, a slide, the training run), each with
+``done / total``, a free-text note (loss, tiles per second, units), elapsed time and ETA.
+With ``enabled=False`` nothing is drawn (tests, non-main ranks) and updates cost nothing.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 
-class TrainProgress:
-    """One bar over all steps of the run; a no-op when ``enabled`` is False."""
+class Bars:
+    """Named progress bars; use as a context manager (the bars live inside it)."""
 
-    def __init__(self, epochs: int, batches_per_epoch: int, enabled: bool = True) -> None:
-        self.epochs, self.per_epoch, self.enabled = epochs, batches_per_epoch, enabled
-        self.bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("{task.description:<24}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} tiles/s"),
+            TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=Console(stderr=True),
             disable=not enabled,
         )
-        self.task = self.bar.add_task(
-            "train", total=epochs * batches_per_epoch, epoch=0, epochs=epochs, loss=float("nan"),
-            rate=0.0,
-        )  # fmt: skip
+        self.tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> TrainProgress:
-        self.bar.__enter__()
+    def __enter__(self) -> Bars:
+        self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
 
-    def start_epoch(self, epoch: int, batch: int) -> None:
-        """Position the bar at batch ``batch`` of epoch ``epoch`` (0-based; resumed runs)."""
-        self.bar.update(self.task, completed=epoch * self.per_epoch + batch, epoch=epoch + 1)
+    def add(
+        self, name: str, total: float | None = None, note: str = "", start: bool = True
+    ) -> None:
+        """A bar called ``name`` (its label), shown in the order added; no-op if it exists."""
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, note=note, start=start)
 
-    def advance(self, loss: float, rate: float) -> None:
-        self.bar.update(self.task, advance=1, loss=loss, rate=rate)
+    def update(
+        self,
+        name: str,
+        done: float | None = None,
+        total: float | None = None,
+        advance: float | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Set bar ``name`` to ``done`` of ``total`` (or ``advance`` it); adds it if new."""
+        self.add(name, total)
+        fields: dict = {}
+        if note is not None:
+            fields["note"] = note
+        self.progress.update(self.tasks[name], completed=done, total=total, advance=advance,
+                             **fields)  # fmt: skip
+
+    def start(self, name: str) -> None:
+        self.progress.start_task(self.tasks[name])
+
+    def finish(self, name: str) -> None:
+        """Fill bar ``name`` and stop its clock."""
+        task = self.tasks[name]
+        total = self.progress.tasks[task].total or 1
+        self.progress.update(task, completed=total, total=total)
+        self.progress.stop_task(task)
+
+    def print(self, line: str) -> None:
+        """A line above the bars (kept in logs, where bars cannot be redrawn)."""
+        if self.enabled:
+            self.progress.console.print(line, highlight=False)
+
+
+@contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """Bars for a command; yields ``update(what, done, total)``, one bar per ``what``
+    (``"images"``, a slide's name, ...)."""
+    with Bars(enabled) as bars:
+        yield lambda what, done, total: bars.update(what, done, total)

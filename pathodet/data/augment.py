@@ -6,7 +6,7 @@ pixels; a box cut by the crop is clipped to it, or dropped when less than ``min_
 of its area stays inside. Optional HED stain jitter (Tellez et al. 2018) perturbs the
 hematoxylin, eosin and DAB optical densities of each tile independently.
 
-A tile may carry ``truth_boxes`` (every real SRC, synthetic data only): they follow the
+A tile may carry ``full_truth_boxes`` (every real SRC, synthetic data only): they follow the
 same crop, flips and rotation as the annotated boxes, so that what co-mining mines can be
 checked against the truth.
 
@@ -108,7 +108,7 @@ class TileAugment:
         h, w = item["image"].shape[:2]
         boxes = np.asarray(item["boxes"], np.float32).reshape(-1, 4)
         index = np.asarray(item["box_index"], np.int64).reshape(-1)
-        truth = item.get("truth_boxes")
+        truth = item.get("full_truth_boxes")
         if truth is not None:  # carried along with negative indices -1, -2, ...
             truth = np.asarray(truth, np.float32).reshape(-1, 4)
             boxes = np.concatenate([boxes, truth])
@@ -132,7 +132,7 @@ class TileAugment:
         annotated = index >= 0
         out["boxes"], out["box_index"] = boxes[annotated], index[annotated]
         if truth is not None:
-            out["truth_boxes"] = boxes[~annotated]
+            out["full_truth_boxes"] = boxes[~annotated]
         return out
 
 

@@ -11,7 +11,7 @@ Folder layout (``data.pseudo`` names the folder)::
 pseudo boxes are dropped: NP images hold no SRC) and ``unknown`` from unlabeled images or
 slides. For the losses ``unknown`` is AP-like: its negatives are unannotated, so under
 DGHM-C they join the noisy group; the pseudo boxes' positives join the group
-``loss.dghm.mined_group`` names (noisy by default), like co-mining's mined boxes.
+``loss.dghm.pseudo_group`` names (noisy by default), like co-mining's mined boxes.
 """
 
 from __future__ import annotations

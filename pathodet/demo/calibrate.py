@@ -73,8 +73,10 @@ def measure_speed(
 
     Returns ``{"step_seconds", "window_seconds", "calibration_seconds"}``.
     """
+    from pathodet.core.machine import autocast
+    from pathodet.losses.criterion import Criterion, Targets
     from pathodet.model import build_retinanet
-    from pathodet.training.step import autocast, train_step
+    from pathodet.training.train import train_step
 
     device = torch.device(device)
 
@@ -97,7 +99,8 @@ def measure_speed(
         times = []
         for i in range(steps + 3):
             t0 = time.perf_counter()
-            train_step(model, opt, images, boxes, ap, cfg.loss, cfg.model.assign, precision)
+            train_step(model, opt, Criterion(cfg.loss, cfg.model.assign), images,
+                       Targets(boxes, ap), precision)  # fmt: skip
             sync()
             if i >= 3:
                 times.append(time.perf_counter() - t0)

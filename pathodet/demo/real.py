@@ -23,12 +23,12 @@ from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import read_manifest
 from pathodet.data.predictions import read_predictions
 from pathodet.demo.settings import LOSSES
+from pathodet.eval.annotations import load_annotations
 from pathodet.eval.cv import cv_table_md, finished_folds, fmt, make_folds, run_fold, summarize_cv
 from pathodet.eval.metrics import curve
 from pathodet.eval.overlays import cv_overlays
 from pathodet.eval.report import froc_png
-from pathodet.eval.truth import load_truth
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.config import PredictConfig
 from pathodet.training.config import Config, load_config
 
 REAL_RECIPE = (
@@ -81,7 +81,7 @@ def run_real_demo(
     """Run (or continue) the real-data demo; returns what ``OUT/demo.json`` holds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    settings = PredictSettings(nms_iou=NMS_IOU)
+    settings = PredictConfig(nms_iou=NMS_IOU)
     folders = {loss: out / "cv" / loss for loss in LOSSES}
     manifests = {}
     for loss, folder in folders.items():
@@ -121,10 +121,10 @@ def _pooled_curve(folder: Path, folds: list[int]):
 
     truth, preds = {}, {}
     for f in folds:
-        gt = load_truth(folder / f"fold-{f}" / "held-out.csv")
-        truth |= gt.truth
+        gt = load_annotations(folder / f"fold-{f}" / "held-out.csv")
+        truth |= gt.annotated
         preds |= read_predictions(folder / f"fold-{f}" / "predictions" / "predictions.csv",
-                                  images=gt.truth)  # fmt: skip
+                                  images=gt.annotated)  # fmt: skip
     if not truth:
         return np.zeros(0), np.zeros(0)
     _, recall, nfp = curve(preds, truth)

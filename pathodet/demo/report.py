@@ -23,8 +23,8 @@ from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image
 from pathodet.demo.settings import LOSSES
+from pathodet.eval.annotations import load_annotations
 from pathodet.eval.matching import greedy_match
-from pathodet.eval.truth import load_truth
 
 YELLOW, GREEN, RED = (255, 214, 0), (30, 200, 60), (230, 30, 30)
 ROWS = (
@@ -56,10 +56,10 @@ def _panel(rgb: np.ndarray, truth: np.ndarray, found: ImagePredictions) -> tuple
 def overlays(out: Path, result: dict) -> list[dict]:
     """Side-by-side overlays of the AP test images richest in SRCs and one NP image."""
     test = out / "data" / "test"
-    gt = load_truth(test)
+    gt = load_annotations(test)
     records = load_records(test)
     ap = sorted((r for r in records if r.attribute == "AP"),
-                key=lambda r: (-len(gt.truth[r.name].boxes), r.name))  # fmt: skip
+                key=lambda r: (-len(gt.annotated[r.name].boxes), r.name))  # fmt: skip
     np_ = sorted((r for r in records if r.attribute == "NP"), key=lambda r: r.name)
     n = result["settings"]["overlays"]
     chosen = ap[: max(n - 1, 1)] + np_[:1] if n else []
@@ -67,7 +67,7 @@ def overlays(out: Path, result: dict) -> list[dict]:
     items = []
     for rank, rec in enumerate(chosen):
         rgb = read_image(rec.image)
-        truth = gt.truth[rec.name].boxes
+        truth = gt.annotated[rec.name].boxes
         panels, counts = [], {}
         for k in LOSSES:
             t = result["evaluation"][k]["threshold_at_1fp"]

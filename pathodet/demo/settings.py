@@ -142,7 +142,7 @@ def config_for_steps(make: Callable[[int, list[int]], Config], steps: int) -> Co
     data = training_data(probe.data, probe.train)
     tc = probe.train
     per_epoch = APNPBatchSampler(
-        data.ap, data.np, tc.batch_size, tc.ap_fraction, tc.seed
+        data.ap_tiles, data.np_tiles, tc.batch_size, tc.ap_fraction, tc.seed
     ).batches_per_epoch()
     return make(*schedule(steps, per_epoch))
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,12 @@ from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import DatasetError, load_records, read_manifest, write_manifest
 from pathodet.data.folds import Group, assign_folds, fold_summary
 from pathodet.data.predictions import ImagePredictions, read_predictions
+from pathodet.eval.annotations import load_annotations
+from pathodet.eval.evaluate import run_evaluate
 from pathodet.eval.metrics import FROC_FPS, curve, evaluate, operating_threshold
 from pathodet.eval.report import froc_png
-from pathodet.eval.run import run_evaluate
-from pathodet.eval.truth import load_truth
-from pathodet.predict.images import run_predict
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.pipeline import predict
 from pathodet.training.checkpoint import load_checkpoint
 from pathodet.training.config import Config
 from pathodet.training.run_dir import LAST
@@ -70,9 +69,13 @@ def make_folds(root: Path, out: Path, k: int, seed: int, group: Group) -> Path:
     return path
 
 
-def predict_record(settings: PredictSettings) -> dict:
+RECORDED = ("tile", "overlap", "batch_size", "score_threshold", "nms_iou", "max_per_image", "pad",
+            "scale")  # fmt: skip
+
+
+def predict_record(settings: PredictConfig) -> dict:
     """The prediction settings a fold's results depend on (precision aside)."""
-    return {k: v for k, v in asdict(settings).items() if k != "precision"}
+    return settings.model_dump(mode="json", include=set(RECORDED))
 
 
 def training_record(cfg: Config) -> dict:
@@ -124,7 +127,7 @@ def run_fold(
     folds_csv: Path,
     fold: int,
     out: Path,
-    settings: PredictSettings,
+    settings: PredictConfig,
     log: Callable[[str], None] = print,
     progress: bool = False,
 ) -> dict:
@@ -150,13 +153,13 @@ def run_fold(
     manifest = write_manifest(folder / "held-out.csv", held_out)
     t0 = time.perf_counter()
     pred = folder / "predictions"
-    run_predict(folder / "run" / LAST, [r.image for r in held_out], pred, settings)
+    predict(settings, folder / "run" / LAST, [r.image for r in held_out], pred)
     predict_seconds = time.perf_counter() - t0
     metrics = run_evaluate(manifest, pred / "predictions.csv", folder / "eval")
-    gt = load_truth(manifest)
-    preds = read_predictions(pred / "predictions.csv", images=gt.truth)
-    thresholds, _, nfp = curve(preds, gt.truth)
-    point = operating_point(preds, gt.truth, operating_threshold(thresholds, nfp, 1.0), 0.3)
+    gt = load_annotations(manifest)
+    preds = read_predictions(pred / "predictions.csv", images=gt.annotated)
+    thresholds, _, nfp = curve(preds, gt.annotated)
+    point = operating_point(preds, gt.annotated, operating_threshold(thresholds, nfp, 1.0), 0.3)
     state = load_checkpoint(folder / "run" / LAST)
     record = {
         "fold": fold,
@@ -192,7 +195,7 @@ def fmt(v) -> str:
 
 
 def finished_folds(
-    out: Path, settings: PredictSettings, log: Callable[[str], None] = print
+    out: Path, settings: PredictConfig, log: Callable[[str], None] = print
 ) -> list[dict]:
     """The ``fold.json`` of every fold in ``out`` predicted with ``settings``; folds
     predicted otherwise are left out of the summary, with a line saying so."""
@@ -246,7 +249,7 @@ def run_cv(
     k: int = 5,
     seed: int = 0,
     group: Group = "case",
-    settings: PredictSettings | None = None,
+    settings: PredictConfig | None = None,
     only: list[int] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
@@ -270,7 +273,7 @@ def run_cv(
     log(f"pathodet cv: {k} folds grouped by {group}: "
         + "; ".join(f"{f['fold']}: {f['AP']} AP / {f['NP']} NP, {f['cases']} cases"
                     for f in fold_summary(read_manifest(folds_csv))))  # fmt: skip
-    settings = settings or PredictSettings()
+    settings = settings or PredictConfig()
     bad = sorted(set(only or []) - set(range(k)))
     if bad:
         raise DatasetError(f"--fold {bad[0]}: folds are numbered 0 to {k - 1}")
@@ -290,9 +293,9 @@ def run_cv(
     curves = {}
     for r in finished:
         folder = out / f"fold-{r['fold']}"
-        gt = load_truth(folder / "held-out.csv")
-        preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.truth)
-        _, recall, nfp = curve(preds, gt.truth)
+        gt = load_annotations(folder / "held-out.csv")
+        preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.annotated)
+        _, recall, nfp = curve(preds, gt.annotated)
         curves[f"fold {r['fold']} (FROC {fmt(r['froc'])})"] = (recall, nfp)
     if curves:
         froc_png(curves, out / "froc.png")

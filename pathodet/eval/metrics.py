@@ -31,7 +31,7 @@ FROC_FPS = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass
-class Truth:
+class ImageBoxes:
     """One evaluated image: ``attribute`` "AP"/"NP" and ``boxes (M, 4)`` image pixels."""
 
     attribute: str
@@ -39,7 +39,7 @@ class Truth:
 
 
 def matched_scores(
-    preds: Mapping[str, ImagePredictions], truth: Mapping[str, Truth], iou_threshold: float
+    preds: Mapping[str, ImagePredictions], truth: Mapping[str, ImageBoxes], iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Scores of matched predictions and of all predictions in positive images, and #boxes."""
     hit, every, n_gt = [], [], 0
@@ -56,7 +56,7 @@ def matched_scores(
 
 
 def negative_scores(
-    preds: Mapping[str, ImagePredictions], truth: Mapping[str, Truth]
+    preds: Mapping[str, ImagePredictions], truth: Mapping[str, ImageBoxes]
 ) -> tuple[np.ndarray, int]:
     """Scores of every prediction in negative (NP) images, and the number of NP images."""
     names = [n for n, t in truth.items() if t.attribute == "NP"]
@@ -100,10 +100,10 @@ def _recall(preds, truth, iou) -> tuple[float | None, int]:
 
 def evaluate(
     preds: Mapping[str, ImagePredictions],
-    truth: Mapping[str, Truth],
+    truth: Mapping[str, ImageBoxes],
     iou_threshold: float = 0.3,
-    removed: Mapping[str, Truth] | None = None,
-    full: Mapping[str, Truth] | None = None,
+    removed: Mapping[str, ImageBoxes] | None = None,
+    full_truth: Mapping[str, ImageBoxes] | None = None,
 ) -> dict:
     """All metrics of one prediction set over the images of ``truth``.
 
@@ -112,7 +112,7 @@ def evaluate(
         truth: the annotated boxes (AP) and the NP images; defines which images count.
         removed: boxes removed by ``pathodet data drop`` per image: adds ``t_recall`` (on
             ``truth``, the kept boxes) and ``r_recall`` (on the removed ones).
-        full: every real SRC (synthetic data): adds ``true_recall`` and ``true_precision``.
+        full_truth: every real SRC (synthetic data): adds ``true_recall`` and ``true_precision``.
     """
     hit, every, n_gt = matched_scores(preds, truth, iou_threshold)
     neg_scores, n_neg = negative_scores(preds, truth)
@@ -137,8 +137,8 @@ def evaluate(
     if removed is not None:
         out["t_recall"] = out["recall"]
         out["r_recall"], out["num_removed"] = _recall(preds, removed, iou_threshold)
-    if full is not None:
-        t_hit, t_every, t_gt = matched_scores(preds, full, iou_threshold)
+    if full_truth is not None:
+        t_hit, t_every, t_gt = matched_scores(preds, full_truth, iou_threshold)
         out["true_recall"] = len(t_hit) / t_gt if t_gt else None
         out["true_precision"] = len(t_hit) / len(t_every) if len(t_every) else None
         out["num_true"] = t_gt
@@ -146,7 +146,9 @@ def evaluate(
 
 
 def curve(
-    preds: Mapping[str, ImagePredictions], truth: Mapping[str, Truth], iou_threshold: float = 0.3
+    preds: Mapping[str, ImagePredictions],
+    truth: Mapping[str, ImageBoxes],
+    iou_threshold: float = 0.3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The FROC curve ``(thresholds, recall, nfp)`` for plotting."""
     hit, _, n_gt = matched_scores(preds, truth, iou_threshold)
@@ -155,7 +157,9 @@ def curve(
 
 
 def per_image(
-    preds: Mapping[str, ImagePredictions], truth: Mapping[str, Truth], iou_threshold: float = 0.3
+    preds: Mapping[str, ImagePredictions],
+    truth: Mapping[str, ImageBoxes],
+    iou_threshold: float = 0.3,
 ) -> list[dict]:
     """Per image: attribute, boxes, predictions, matched boxes (AP) or false positives (NP)."""
     rows = []

@@ -27,8 +27,8 @@ from pathodet.data.digestpath import read_manifest
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image
+from pathodet.eval.annotations import load_annotations
 from pathodet.eval.matching import greedy_match
-from pathodet.eval.truth import load_truth
 
 GREEN, YELLOW, CYAN = (0, 200, 0), (255, 215, 0), (0, 220, 255)
 CROP = 512
@@ -87,15 +87,15 @@ def cv_overlays(cv_out: Path, dest: Path, n_ap: int = 3, n_np: int = 1) -> list[
     for rec in folds:
         folder = cv_out / f"fold-{rec['fold']}"
         manifest = folder / "held-out.csv"
-        gt = load_truth(manifest)
-        preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.truth)
+        gt = load_annotations(manifest)
+        preds = read_predictions(folder / "predictions" / "predictions.csv", images=gt.annotated)
         t = rec.get("threshold_at_1fp")
         thr = np.inf if t is None else t
         records = read_manifest(manifest)
         ap = sorted((r for r in records if r.attribute == "AP"),
-                    key=lambda r: (-len(gt.truth[r.name].boxes), r.name))  # fmt: skip
+                    key=lambda r: (-len(gt.annotated[r.name].boxes), r.name))  # fmt: skip
         if ap and len(chosen) < n_ap:
-            chosen.append((ap[0], rec["fold"], gt.truth[ap[0].name].boxes, preds, thr))
+            chosen.append((ap[0], rec["fold"], gt.annotated[ap[0].name].boxes, preds, thr))
         for r in records:
             if r.attribute == "NP":
                 p = preds.get(r.name, ImagePredictions())

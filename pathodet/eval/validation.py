@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from pathodet.data.predictions import ImagePredictions
-from pathodet.eval.metrics import Truth, evaluate
+from pathodet.eval.metrics import ImageBoxes, evaluate
 
 
 def tile_metrics(
     preds: dict[str, ImagePredictions], truth: dict[str, tuple[str, np.ndarray]]
 ) -> dict[str, float | None]:
     """``recall``, ``nfp``, ``froc`` (None where undefined) of tile detections."""
-    m = evaluate(preds, {k: Truth(a, np.asarray(b, float)) for k, (a, b) in truth.items()})
+    m = evaluate(preds, {k: ImageBoxes(a, np.asarray(b, float)) for k, (a, b) in truth.items()})
     return {"recall": m["recall"], "nfp": m["nfp"], "froc": m["froc"]}

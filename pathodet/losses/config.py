@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pathodet.core.config import Strict
 
@@ -31,14 +31,24 @@ class DGHMParams(Strict):
     mu_c: float = Field(0.5, ge=0)
     lam: float = Field(0.9, ge=0, le=1, description="outlier threshold on g")
     bins: int = Field(10, ge=1)
-    mined_group: Literal["noisy", "clean"] = Field(
+    pseudo_group: Literal["noisy", "clean"] = Field(
         "noisy",
-        description="co-mining: the group of positives matched to mined boxes. 'noisy' "
-        "(default): a mined box is the detector's own guess, as uncertain as an AP "
-        "negative's label; when the supervised view disagrees strongly (an outlier, g >= "
-        "lam) the pseudo-label is likely wrong and mu_n down-weights it. 'clean': treated "
-        "as annotated positives, so strong disagreement is up-weighted by mu_c",
+        description="the group of positives matched to pseudo-labels (co-mining's mined "
+        "boxes, PU purification's teacher boxes). 'noisy' (default): a pseudo-label is a "
+        "detector's guess, as uncertain as an AP negative's label; when the supervised view "
+        "disagrees strongly (an outlier, g >= lam) the pseudo-label is likely wrong and mu_n "
+        "down-weights it. 'clean': treated as annotated positives, so strong disagreement "
+        "is up-weighted by mu_c",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """Configs and checkpoints written before the rename call it ``mined_group``."""
+        if isinstance(data, dict) and "mined_group" in data:
+            data = dict(data)
+            data.setdefault("pseudo_group", data.pop("mined_group"))
+        return data
 
 
 class SCEParams(Strict):

@@ -1,17 +1,20 @@
-"""From head outputs and annotations to the detection loss, with the classification loss as a plug-in.
+"""The criterion: from head outputs and targets to the detection loss of a mini-batch.
 
+:class:`Criterion` is built once from the ``loss:`` section and called as
+``criterion(outputs, targets)`` by every training step (plain, co-mining, distillation).
 The pieces, in order:
-1. :func:`label_anchors`: RetinaNet labelling (or top-N for cleanliness) per image.
+
+1. :meth:`Criterion.label`: RetinaNet labelling (or top-N for cleanliness) per image.
 2. :class:`AnchorBatch`: what every classification loss sees, flat over the non-ignored
    anchors of the mini-batch: logit, label, AP attribute, max IoU with annotated boxes,
    and (score soft sampling) a prior detector's score.
-3. ``CLASSIFICATION_LOSSES[name](batch, cfg)``: a plain dict from config names to functions.
+3. :meth:`Criterion.classification`: the configured loss, an ``if`` chain over
+   ``loss.name`` (the one place the name is read).
 4. Smooth-L1 regression on positives, weighted where the loss supplies weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +43,8 @@ class AnchorBatch:
         logits: ``(N,)``. targets: ``(N,)`` float labels (0/1). ap_image: ``(N,)`` bool.
         iou: ``(N,)`` max IoU with the annotated boxes of the anchor's image.
         prior_score: ``(N,)`` scores of a first-round detector (score soft sampling) or None.
-        mined: ``(N,)`` bool, positives matched to a co-mining pseudo-label, or None.
+        pseudo: ``(N,)`` bool, positives matched to a pseudo-label (co-mining, PU
+            purification), or None.
         normalizer: the (global) number of positive anchors, at least 1: CE-like losses divide
             by it (under DDP the count of the whole global batch, so rank losses add up).
         reduce: sums statistics across processes (DDP), or None.
@@ -52,77 +56,10 @@ class AnchorBatch:
     ap_image: Tensor
     iou: Tensor
     prior_score: Tensor | None = None
-    mined: Tensor | None = None
+    pseudo: Tensor | None = None
     normalizer: Tensor | None = None
     reduce: CountReduce | None = None
     ghm_acc_sum: Tensor | None = None
-
-
-def _base(batch: AnchorBatch, cfg: LossConfig, weight: Tensor) -> Tensor:
-    if cfg.soft_sampling.base == "ce":
-        return ce_loss(batch.logits, batch.targets, weight=weight, normalizer=batch.normalizer)
-    f = cfg.focal
-    return focal_loss(batch.logits, batch.targets, f.alpha, f.gamma, weight, batch.normalizer)
-
-
-def _oss(batch: AnchorBatch, cfg: LossConfig) -> Tensor:
-    ss = cfg.soft_sampling
-    w = overlap_weights(batch.targets, batch.iou, batch.ap_image, ss.ap_only, ss.a, ss.b, ss.c)
-    return _base(batch, cfg, w)
-
-
-def _score_ss(batch: AnchorBatch, cfg: LossConfig) -> Tensor:
-    ss = cfg.soft_sampling
-    if batch.prior_score is None or ss.threshold is None:
-        raise ValueError(
-            "loss score_ss needs prior scores and loss.soft_sampling.threshold: train a first "
-            "round and set loss.soft_sampling.prior_checkpoint"
-        )
-    w = score_weights(
-        batch.targets, batch.prior_score, ss.threshold, batch.ap_image, ss.ap_only, ss.a, ss.b, ss.c
-    )
-    return _base(batch, cfg, w)
-
-
-def _dghm(batch: AnchorBatch, cfg: LossConfig, star: bool) -> Tensor:
-    d = cfg.dghm
-    noisy = batch.mined if d.mined_group == "noisy" else None
-    return dghm_c_loss(
-        batch.logits, batch.targets, batch.ap_image, d.mu_n, d.mu_c, d.lam, d.bins,
-        star=star, reduce=batch.reduce, noisy_positive=noisy,
-    )  # fmt: skip
-
-
-ClassificationLoss = Callable[[AnchorBatch, LossConfig], Tensor]
-
-CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {
-    "ce": lambda b, c: ce_loss(b.logits, b.targets, normalizer=b.normalizer),
-    "focal": lambda b, c: focal_loss(
-        b.logits, b.targets, c.focal.alpha, c.focal.gamma, normalizer=b.normalizer
-    ),
-    "ghm": lambda b, c: ghm_c_loss(
-        b.logits, b.targets, c.ghm.bins, c.ghm.momentum, b.ghm_acc_sum, reduce=b.reduce
-    ),
-    "sce": lambda b, c: sce_loss(
-        b.logits, b.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero, normalizer=b.normalizer
-    ),
-    "dghm": lambda b, c: _dghm(b, c, star=False),
-    "dghm_star": lambda b, c: _dghm(b, c, star=True),
-    "oss": _oss,
-    "score_ss": _score_ss,
-}
-
-
-def label_anchors(
-    anchors: Tensor, boxes: list[Tensor], cfg: LossConfig, assign: AssignConfig
-) -> list[AnchorLabels]:
-    """Label every anchor of every image (top-N rule for cleanliness, RetinaNet's otherwise)."""
-    if cfg.name == "cleanliness":
-        return [assign_topn(anchors, b, cfg.cleanliness.top_n) for b in boxes]
-    return [
-        assign_retinanet(anchors, b, assign.fg_iou, assign.bg_iou, assign.allow_low_quality)
-        for b in boxes
-    ]
 
 
 def _smooth_l1(pred: Tensor, target: Tensor, beta: float) -> Tensor:
@@ -130,96 +67,199 @@ def _smooth_l1(pred: Tensor, target: Tensor, beta: float) -> Tensor:
     return F.smooth_l1_loss(pred.float(), target, beta=beta, reduction="none").sum(dim=1)
 
 
+@dataclass
+class Targets:
+    """What supervises a mini-batch of ``B`` tiles.
+
+    Attributes:
+        boxes: per tile ``(K_b, 4)`` boxes in input pixels: annotated, then any pseudo-labels.
+        is_ap: ``(B,)`` bool, the tile's negatives are unannotated (AP or ``unknown``, not
+            NP): the DGHM paper's noisy group.
+        pseudo: per tile ``(K_b,)`` bool, which boxes are pseudo-labels (co-mining, PU
+            purification), or None when none is.
+        prior_scores: ``(B, A)`` scores of a first-round detector (score soft sampling).
+    """
+
+    boxes: list[Tensor]
+    is_ap: Tensor
+    pseudo: list[Tensor] | None = None
+    prior_scores: Tensor | None = None
+
+
+class Criterion:
+    """The detection loss of a run: ``criterion(outputs, targets)`` -> loss terms.
+
+    Args:
+        cfg: the ``loss:`` section. assign: anchor labelling thresholds (``model.assign``).
+        reduce: sum over processes (all-reduce) under DDP. Every statistic that couples
+            the images of a batch (positive count, GHM/DGHM bin counts, cleanliness weight
+            mean) is then global, and each rank returns its share of the loss of the global
+            batch: the sum over ranks equals the loss one process computes on all of it.
+        ghm_acc_sum: ``(bins,)`` moving GHM-C bin counts, updated in place; by default a
+            zero buffer when ``loss.ghm.momentum > 0`` (a run saves it in its checkpoints).
+    """
+
+    def __init__(
+        self,
+        cfg: LossConfig,
+        assign: AssignConfig | None = None,
+        reduce: CountReduce | None = None,
+        ghm_acc_sum: Tensor | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.assign = assign or AssignConfig()
+        self.reduce = reduce
+        if ghm_acc_sum is None and cfg.ghm.momentum > 0:
+            ghm_acc_sum = torch.zeros(cfg.ghm.bins)
+        self.ghm_acc_sum = ghm_acc_sum
+
+    @property
+    def needs_prior(self) -> bool:
+        """Score soft sampling weighs negatives by a first-round detector's scores."""
+        return self.cfg.name == "score_ss"
+
+    def to(self, device: torch.device | str) -> Criterion:
+        """Move the criterion's state (the GHM-C buffer) to ``device``; returns ``self``."""
+        if self.ghm_acc_sum is not None:
+            self.ghm_acc_sum = self.ghm_acc_sum.to(device)
+        return self
+
+    def label(self, anchors: Tensor, boxes: list[Tensor]) -> list[AnchorLabels]:
+        """Label every anchor of every image (top-N rule for cleanliness, RetinaNet's otherwise)."""
+        if self.cfg.name == "cleanliness":
+            return [assign_topn(anchors, b, self.cfg.cleanliness.top_n) for b in boxes]
+        a = self.assign
+        return [assign_retinanet(anchors, b, a.fg_iou, a.bg_iou, a.allow_low_quality)
+                for b in boxes]  # fmt: skip
+
+    def classification(self, batch: AnchorBatch) -> Tensor:
+        """The configured classification loss on the non-ignored anchors of a mini-batch."""
+        c, name = self.cfg, self.cfg.name
+        if name == "ce":
+            return ce_loss(batch.logits, batch.targets, normalizer=batch.normalizer)
+        if name == "focal":
+            return focal_loss(batch.logits, batch.targets, c.focal.alpha, c.focal.gamma,
+                              normalizer=batch.normalizer)  # fmt: skip
+        if name == "ghm":
+            return ghm_c_loss(batch.logits, batch.targets, c.ghm.bins, c.ghm.momentum,
+                              batch.ghm_acc_sum, reduce=batch.reduce)  # fmt: skip
+        if name == "sce":
+            return sce_loss(batch.logits, batch.targets, c.sce.alpha, c.sce.beta, c.sce.log_zero,
+                            normalizer=batch.normalizer)  # fmt: skip
+        if name in ("dghm", "dghm_star"):
+            d = c.dghm
+            pseudo = batch.pseudo if d.pseudo_group == "noisy" else None
+            return dghm_c_loss(batch.logits, batch.targets, batch.ap_image, d.mu_n, d.mu_c, d.lam,
+                               d.bins, star=name == "dghm_star", reduce=batch.reduce,
+                               pseudo_positive=pseudo)  # fmt: skip
+        ss = c.soft_sampling
+        if name == "oss":
+            w = overlap_weights(batch.targets, batch.iou, batch.ap_image, ss.ap_only, ss.a, ss.b,
+                                ss.c)  # fmt: skip
+        elif name == "score_ss":
+            if batch.prior_score is None or ss.threshold is None:
+                raise ValueError(
+                    "loss score_ss needs prior scores and loss.soft_sampling.threshold: train "
+                    "a first round and set loss.soft_sampling.prior_checkpoint"
+                )
+            w = score_weights(batch.targets, batch.prior_score, ss.threshold, batch.ap_image,
+                              ss.ap_only, ss.a, ss.b, ss.c)  # fmt: skip
+        else:
+            raise ValueError(f"loss {name!r} has no per-anchor classification loss")
+        if ss.base == "ce":  # soft sampling weighs the negatives of a base loss
+            return ce_loss(batch.logits, batch.targets, weight=w, normalizer=batch.normalizer)
+        return focal_loss(batch.logits, batch.targets, c.focal.alpha, c.focal.gamma, w,
+                          batch.normalizer)  # fmt: skip
+
+    def __call__(self, outputs: HeadOutputs, targets: Targets) -> dict[str, Tensor]:
+        """Classification and regression loss of a mini-batch.
+
+        Args:
+            outputs: the detector's :class:`HeadOutputs` for ``B`` images.
+            targets: boxes, AP attribute, pseudo-label flags and prior scores of the batch.
+
+        Returns:
+            ``{"cls": ..., "reg": ..., "loss": cls + reg_weight * reg, "positives": P}``.
+        """
+        cfg, reduce = self.cfg, self.reduce
+        boxes = targets.boxes
+        anchors = outputs.anchors
+        b, a = outputs.cls_logits.shape
+        labelled = self.label(anchors, boxes)
+        labels = torch.stack([x.labels for x in labelled])  # (B, A)
+        matched = torch.stack([x.matched for x in labelled])
+        max_iou = torch.stack([x.max_iou for x in labelled])
+        pos = labels == POSITIVE
+        n_pos = pos.sum()
+
+        # regression targets of positives
+        img_idx, anc_idx = pos.nonzero(as_tuple=True)
+        gt = gather_boxes(boxes, img_idx, matched[pos])
+        pred_deltas = outputs.bbox_deltas[pos]
+        reg_each = _smooth_l1(pred_deltas, encode(gt, anchors[anc_idx]), cfg.smooth_l1_beta)
+        n_pos_f = n_pos.to(torch.float32)
+        normalizer = (n_pos_f if reduce is None else reduce(n_pos_f)).clamp(min=1)
+
+        logits = outputs.cls_logits.float()
+        if cfg.name == "cleanliness":
+            with torch.no_grad():
+                loc_a = paired_iou(decode(pred_deltas.detach(), anchors[anc_idx]), gt)
+                cls_c = logits[pos].detach().sigmoid()
+                c, r = cleanliness_targets(
+                    loc_a, cls_c, cfg.cleanliness.alpha, cfg.cleanliness.gamma, normalize=False
+                )
+                r_sum = r.sum() if reduce is None else reduce(r.sum())
+                if r.numel():
+                    r = r * (normalizer / r_sum.clamp(min=1e-12))  # mean 1 over the global A_pos
+            soft = torch.zeros_like(logits)
+            weight = torch.ones_like(logits)
+            soft[pos], weight[pos] = c, r
+            cls = cleanliness_loss(
+                logits.flatten(), soft.flatten(), weight.flatten(), cfg.focal.alpha,
+                cfg.focal.gamma, normalizer=normalizer,
+            )  # fmt: skip
+            reg = (r * reg_each).sum() / normalizer
+        else:
+            valid = labels >= 0
+            pseudo = targets.pseudo
+            prior = targets.prior_scores
+            batch = AnchorBatch(
+                logits=logits[valid],
+                targets=pos[valid].float(),
+                ap_image=targets.is_ap.bool().view(b, 1).expand(b, a)[valid],
+                iou=max_iou[valid],
+                prior_score=None if prior is None else prior[valid],
+                pseudo=None if pseudo is None else _pseudo_anchors(pseudo, matched, pos)[valid],
+                normalizer=normalizer,
+                reduce=reduce,
+                ghm_acc_sum=self.ghm_acc_sum,
+            )
+            cls = self.classification(batch)
+            reg = reg_each.sum() / normalizer
+        return {"cls": cls, "reg": reg, "loss": cls + cfg.reg_weight * reg, "positives": n_pos}
+
+
 def detection_loss(
     outputs: HeadOutputs,
     boxes: list[Tensor],
-    ap_image: Tensor,
+    is_ap: Tensor,
     cfg: LossConfig,
     assign: AssignConfig | None = None,
     prior_scores: Tensor | None = None,
     reduce: CountReduce | None = None,
     ghm_acc_sum: Tensor | None = None,
-    mined: list[Tensor] | None = None,
+    pseudo: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Classification and regression loss of a mini-batch.
-
-    Args:
-        outputs: the detector's :class:`HeadOutputs` for ``B`` images.
-        boxes: per image ``(K_b, 4)`` annotated boxes in input pixels.
-        ap_image: ``(B,)`` bool, the image (tile) comes from an AP image.
-        cfg: the loss section. assign: anchor labelling thresholds.
-        prior_scores: ``(B, A)`` scores of a first-round detector (score soft sampling).
-        reduce: sum over processes (all-reduce) under DDP. Every statistic that couples
-            the images of a batch (positive count, GHM/DGHM bin counts, cleanliness weight
-            mean) is then global, and each rank returns its share of the loss of the global
-            batch: the sum over ranks equals the loss one process computes on all of it.
-        ghm_acc_sum: the trainer's ``(bins,)`` buffer of moving GHM-C bin counts, needed when
-            ``loss.ghm.momentum > 0`` (start it at zeros; it is updated in place).
-        mined: per image ``(K_b,)`` bool, which of ``boxes`` are co-mining pseudo-labels
-            (DGHM-C may group their positives as noisy: ``loss.dghm.mined_group``).
-
-    Returns:
-        ``{"cls": ..., "reg": ..., "loss": cls + reg_weight * reg, "positives": P}``.
-    """
-    assign = assign or AssignConfig()
-    anchors = outputs.anchors
-    b, a = outputs.cls_logits.shape
-    labelled = label_anchors(anchors, boxes, cfg, assign)
-    labels = torch.stack([x.labels for x in labelled])  # (B, A)
-    matched = torch.stack([x.matched for x in labelled])
-    max_iou = torch.stack([x.max_iou for x in labelled])
-    pos = labels == POSITIVE
-    n_pos = pos.sum()
-
-    # regression targets of positives
-    img_idx, anc_idx = pos.nonzero(as_tuple=True)
-    gt = gather_boxes(boxes, img_idx, matched[pos])
-    pred_deltas = outputs.bbox_deltas[pos]
-    reg_each = _smooth_l1(pred_deltas, encode(gt, anchors[anc_idx]), cfg.smooth_l1_beta)
-    n_pos_global = n_pos.to(torch.float32) if reduce is None else reduce(n_pos.to(torch.float32))
-    normalizer = n_pos_global.clamp(min=1)
-
-    logits = outputs.cls_logits.float()
-    if cfg.name == "cleanliness":
-        with torch.no_grad():
-            loc_a = paired_iou(decode(pred_deltas.detach(), anchors[anc_idx]), gt)
-            cls_c = logits[pos].detach().sigmoid()
-            c, r = cleanliness_targets(
-                loc_a, cls_c, cfg.cleanliness.alpha, cfg.cleanliness.gamma, normalize=False
-            )
-            r_sum = r.sum() if reduce is None else reduce(r.sum())
-            if r.numel():
-                r = r * (normalizer / r_sum.clamp(min=1e-12))  # mean 1 over the global A_pos
-        soft = torch.zeros_like(logits)
-        weight = torch.ones_like(logits)
-        soft[pos], weight[pos] = c, r
-        cls = cleanliness_loss(
-            logits.flatten(), soft.flatten(), weight.flatten(), cfg.focal.alpha, cfg.focal.gamma,
-            normalizer=normalizer,
-        )  # fmt: skip
-        reg = (r * reg_each).sum() / normalizer
-    else:
-        valid = labels >= 0
-        batch = AnchorBatch(
-            logits=logits[valid],
-            targets=pos[valid].float(),
-            ap_image=ap_image.bool().view(b, 1).expand(b, a)[valid],
-            iou=max_iou[valid],
-            prior_score=None if prior_scores is None else prior_scores[valid],
-            mined=None if mined is None else _mined_anchors(mined, matched, pos)[valid],
-            normalizer=normalizer,
-            reduce=reduce,
-            ghm_acc_sum=ghm_acc_sum,
-        )
-        cls = CLASSIFICATION_LOSSES[cfg.name](batch, cfg)
-        reg = reg_each.sum() / normalizer
-    return {"cls": cls, "reg": reg, "loss": cls + cfg.reg_weight * reg, "positives": n_pos}
+    """One call of a fresh :class:`Criterion` (tests and one-off use; ``ghm_acc_sum`` is
+    updated in place when given)."""
+    criterion = Criterion(cfg, assign, reduce, ghm_acc_sum)
+    return criterion(outputs, Targets(boxes, is_ap, pseudo, prior_scores))
 
 
-def _mined_anchors(mined: list[Tensor], matched: Tensor, pos: Tensor) -> Tensor:
-    """``(B, A)`` bool: positive anchors whose matched box is a mined one."""
+def _pseudo_anchors(pseudo: list[Tensor], matched: Tensor, pos: Tensor) -> Tensor:
+    """``(B, A)`` bool: positive anchors whose matched box is a pseudo-label."""
     out = torch.zeros_like(pos)
-    for b, flags in enumerate(mined):
+    for b, flags in enumerate(pseudo):
         if flags.numel():
             out[b] = pos[b] & flags.bool()[matched[b].clamp(min=0, max=flags.numel() - 1)]
     return out

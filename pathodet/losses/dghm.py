@@ -14,7 +14,7 @@ clean outliers (hard examples). DGHM-C* (section 5.1) splits into three groups:
 AP_P, AP_N and NP_N.
 
 With co-mining, positives matched to *mined* boxes may be put in the noisy group (AP_N
-for DGHM-C*): their label is a pseudo-label (``loss.dghm.mined_group``).
+for DGHM-C*): their label is a pseudo-label (``loss.dghm.pseudo_group``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def dghm_groups(
     mu_n: float,
     mu_c: float,
     star: bool = False,
-    noisy_positive: Tensor | None = None,
+    pseudo_positive: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Group of every element and the ``mu`` of every group.
 
-    ``noisy_positive``: ``(N,)`` bool, positives moved to the noisy group (AP_N with
+    ``pseudo_positive``: ``(N,)`` bool, positives moved to the noisy group (AP_N with
     ``star``) whatever their image: co-mining's pseudo-labelled anchors.
 
     Returns:
@@ -56,8 +56,8 @@ def dghm_groups(
     else:
         group = (ap & ~pos).to(torch.int64)  # NOISY = 1, CLEAN = 0
         mu = torch.tensor([mu_c, mu_n], dtype=torch.float32, device=targets.device)
-    if noisy_positive is not None:
-        group[noisy_positive.bool() & pos] = AP_N if star else NOISY
+    if pseudo_positive is not None:
+        group[pseudo_positive.bool() & pos] = AP_N if star else NOISY
     return group, mu
 
 
@@ -104,10 +104,10 @@ def dghm_c_loss(
     bins: int = 10,
     star: bool = False,
     reduce: CountReduce | None = None,
-    noisy_positive: Tensor | None = None,
+    pseudo_positive: Tensor | None = None,
 ) -> Tensor:
     """DGHM-C loss (eq. 12) over ``(N,)`` logits, hard targets and the AP attribute
-    (``noisy_positive``: see :func:`dghm_groups`).
+    (``pseudo_positive``: see :func:`dghm_groups`).
 
     With ``mu_n = mu_c = 1`` it equals GHM-C computed per group and averaged over groups;
     with a single non-empty group, GHM-C itself.
@@ -116,7 +116,7 @@ def dghm_c_loss(
     if logits.numel() == 0 and reduce is None:  # with reduce, still join the all-reduce
         return logits.sum() * 0.0
     g = gradient_norm(logits, targets)
-    group, mu = dghm_groups(targets, ap_image, mu_n, mu_c, star, noisy_positive)
+    group, mu = dghm_groups(targets, ap_image, mu_n, mu_c, star, pseudo_positive)
     beta, total, m = dghm_weights(g, group, mu, lam, bins, reduce)
     scale = (beta / (m.clamp(min=1) * total.clamp(min=1))).to(torch.float32)
     return (scale * bce(logits, targets)).sum()

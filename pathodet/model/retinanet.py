@@ -21,6 +21,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from pathodet.core.machine import autocast, resolve_precision
 from pathodet.model.anchors import make_anchors
 from pathodet.model.boxes import decode
 from pathodet.model.config import InferenceConfig, ModelConfig
@@ -155,10 +156,43 @@ class SRCRetinaNet(nn.Module):
             features=features,
         )
 
+
+class FrozenDetector:
+    """A trained detector used, not trained: eval mode, no gradients, the run's precision.
+
+    The one place pathodet runs a detector it does not train: prediction (whole images
+    and slides), soft sampling's first-round detector, the self-distillation teacher and
+    the purification teacher all call it.
+
+    Args:
+        model: the detector; its parameters are frozen and it is moved to ``device``.
+        precision: ``auto``, ``fp32`` or ``bf16`` (autocast; see
+            :func:`~pathodet.core.machine.autocast`).
+        inference: how :meth:`detect` turns outputs into boxes (default the model's).
+    """
+
+    def __init__(
+        self,
+        model: SRCRetinaNet,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        inference: InferenceConfig | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.precision = resolve_precision(precision, self.device, log=lambda _: None)
+        self.inference = inference or model.cfg.inference
+
     @torch.no_grad()
-    def detect(self, images: Tensor, cfg: InferenceConfig | None = None) -> list[dict[str, Tensor]]:
-        """Boxes and scores per image: ``[{"boxes": (K, 4), "scores": (K,)}]`` in input pixels."""
-        return postprocess(self(images), cfg or self.cfg.inference)
+    def __call__(self, images: Tensor) -> HeadOutputs:
+        """Head outputs of ``(B, 3, H, W)`` float images in ``[0, 1]`` (moved to the device)."""
+        with autocast(self.precision, self.device):
+            return self.model(images.to(self.device))
+
+    def detect(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes": (K, 4), "scores": (K,)}`` in input pixels (:func:`postprocess`
+        with :attr:`inference`)."""
+        return postprocess(self(images), self.inference)
 
 
 def decode_clipped(deltas: Tensor, anchors: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -1,11 +1,11 @@
-"""``pathodet predict``: a checkpoint over image files, folders or a DigestPath root.
+"""Plain images for :func:`pathodet.predict.pipeline.predict`: listing, decoding, outputs.
 
-Writes into ``out``::
+For the images of a run, ``out`` receives::
 
     predictions.csv            image,x1,y1,x2,y2,score (what ``pathodet evaluate`` reads)
     xml/<stem>.xml             VOC XML per image, like the challenge submission (+ score)
     geojson/<stem>.geojson     QuPath detections per image
-    overlays/<stem>.png        the image with detections drawn (``overlays=True``)
+    overlays/<stem>.png        the image with detections drawn (``overlays``)
     problems.json              images that could not be read, with the reason
     predict.json               the settings and checkpoint of the run, and the machine
                                (CPU, capability, precision; core.machine.machine_record)
@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pathodet.core.dist import env_dist_info, pick_device
+import numpy as np
+import torch
+
 from pathodet.core.io import atomic_write_image, atomic_write_text, remove_stale_temps
-from pathodet.core.machine import machine_record, resolve_precision
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, write_predictions
+from pathodet.data.samples import read_image
 from pathodet.data.voc import write_voc
-from pathodet.predict.windows import PredictSettings, detect_files
-from pathodet.training.checkpoint import load_detector
-from pathodet.training.config import Config
 
 
 def list_images(
@@ -78,17 +76,6 @@ def list_images(
     return list(seen.values())
 
 
-def checkpoint_fingerprint(checkpoint: Path) -> dict:
-    """What identifies a checkpoint file for resuming: path, size and modification time."""
-    st = checkpoint.stat()
-    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_size": st.st_size,
-            "checkpoint_mtime_ns": st.st_mtime_ns}  # fmt: skip
-
-
-def _fingerprint(checkpoint: Path, settings: PredictSettings) -> dict:
-    return {**checkpoint_fingerprint(checkpoint), **asdict(settings)}
-
-
 OUT_FILES = ("predictions.csv", "problems.json", "predict.json")
 OUT_FOLDERS = ("xml", "geojson", "overlays")
 
@@ -100,81 +87,72 @@ def remove_temp_files(out: Path) -> None:
     remove_stale_temps(out, patterns)
 
 
-def for_checkpoint(settings: PredictSettings, cfg: Config) -> PredictSettings:
-    """Fill what the caller left unset from the checkpoint's config: detect at the pixel
-    size (``data.scale``) and with the windows (``data.tiling.tile_size``) it learnt on,
-    but never below 4x the overlap (smaller windows compute each pixel many times over)."""
-    if settings.scale is None:
-        settings = replace(settings, scale=cfg.data.scale)
-    if settings.tile is None:
-        tile = max(cfg.data.tiling.tile_size, -(-4 * settings.overlap // 32) * 32)
-        settings = replace(settings, tile=tile)
-    return settings
+class ImageFiles(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers: ``{"index", "image"}`` or ``{"index", "error"}``."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            return {"index": i, "image": read_image(self.paths[i])}
+        except Exception as exc:  # one bad file must not stop the batch
+            text = str(exc)  # read_image's errors already start with the path
+            named = text.startswith(str(self.paths[i]))
+            return {"index": i, "error": text if named else f"{self.paths[i]}: {text}"}
 
 
-def run_predict(
-    checkpoint: Path,
-    inputs: Sequence[str | os.PathLike[str]],
-    out: Path,
-    settings: PredictSettings,
-    overlays: bool = False,
-    num_workers: int = 1,
-    device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Predict every image; returns ``{"images", "predictions", "problems", "skipped"}``."""
-    paths = list_images(inputs)
-    model, cfg = load_detector(checkpoint)
-    dev = pick_device(device, env_dist_info())
-    model.to(dev)
-    settings = replace(settings, precision=resolve_precision(settings.precision, dev))
-    settings = for_checkpoint(settings, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(out)
-    fp = _fingerprint(Path(checkpoint), settings)
-    state_file = out / "predict.json"
-    same = state_file.is_file() and json.loads(state_file.read_text()).get("settings") == fp
-    machine = machine_record(settings.precision, dev)  # what a rerun cannot change, no threads
-    stable = ("precision", "device", "cpu_model", "cpu_capability", "bf16_native", "torch")
-    record = {"settings": fp, "machine": {k: machine[k] for k in stable}}
-    atomic_write_text(state_file, json.dumps(record, indent=2))
+def _as_is(item: dict) -> dict:
+    """Items pass through the loader unconverted (decoded images are read-only arrays)."""
+    return item
 
-    def geo(p: Path) -> Path:
-        return out / "geojson" / f"{p.stem}.geojson"
 
-    def overlay(p: Path) -> Path:
-        return out / "overlays" / f"{p.stem}.png"
+def decoded_images(
+    paths: Sequence[Path], num_workers: int = 1
+) -> Iterator[tuple[int, np.ndarray | str]]:
+    """``(index, decoded (H, W, 3) uint8 image or an error message naming the file)`` per
+    path, decoded by ``num_workers`` processes ahead of the detector."""
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(paths), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
+        prefetch_factor=2 if num_workers else None,
+    )  # fmt: skip
+    for item in loader:
+        yield item["index"], item.get("error") or np.asarray(item["image"])
 
-    done = {i for i, p in enumerate(paths)
-            if same and geo(p).is_file() and (not overlays or overlay(p).is_file())}  # fmt: skip
-    todo = [p for i, p in enumerate(paths) if i not in done]
-    problems: dict[str, str] = {}
-    for k, (i, result, rgb) in enumerate(detect_files(model, todo, settings, dev, num_workers)):
-        path = todo[i]
-        if isinstance(result, str):
-            problems[path.name] = result
-        else:
-            h, w = rgb.shape[:2]
-            write_voc(out / "xml" / f"{path.stem}.xml", path.name, w, h, result.boxes,
-                      result.scores)  # fmt: skip
-            if overlays:
-                img = draw_boxes(rgb, result.boxes, (255, 40, 40))
-                atomic_write_image(overlay(path), img)
-            # last: an image with its GeoJSON is done (a killed run skips it when resumed)
-            write_geojson(geo(path), result.boxes, result.scores, path.name)
-        if progress:
-            progress(len(done) + k + 1, len(paths))
+
+def geojson_path(out: Path, image: Path) -> Path:
+    """The per-image GeoJSON, written last: an image with it is done."""
+    return out / "geojson" / f"{image.stem}.geojson"
+
+
+def overlay_path(out: Path, image: Path) -> Path:
+    return out / "overlays" / f"{image.stem}.png"
+
+
+def write_image_outputs(
+    out: Path, image: Path, rgb: np.ndarray, found: ImagePredictions, overlays: bool
+) -> None:
+    """VOC XML, the overlay (``overlays``) and, last, the GeoJSON of one image."""
+    h, w = rgb.shape[:2]
+    write_voc(out / "xml" / f"{image.stem}.xml", image.name, w, h, found.boxes, found.scores)
+    if overlays:
+        atomic_write_image(overlay_path(out, image), draw_boxes(rgb, found.boxes, (255, 40, 40)))
+    write_geojson(geojson_path(out, image), found.boxes, found.scores, image.name)
+
+
+def write_run_outputs(
+    out: Path, images: Sequence[Path], problems: dict[str, str]
+) -> dict[str, ImagePredictions]:
+    """``predictions.csv`` from every finished image's GeoJSON, and ``problems.json``;
+    returns what the CSV holds."""
     preds: dict[str, ImagePredictions] = {}
-    for p in paths:
-        if p.name not in problems and geo(p).is_file():
-            preds[p.name] = ImagePredictions(*read_geojson(geo(p)))
+    for p in images:
+        if p.name not in problems and geojson_path(out, p).is_file():
+            preds[p.name] = ImagePredictions(*read_geojson(geojson_path(out, p)))
     write_predictions(out / "predictions.csv", preds)
     atomic_write_text(out / "problems.json", json.dumps(
         [{"file": k, "error": v} for k, v in problems.items()], indent=1))  # fmt: skip
-    return {
-        "images": len(preds),
-        "predictions": int(sum(len(p.scores) for p in preds.values())),
-        "problems": len(problems),
-        "skipped": len(done),
-        "out": str(out),
-    }
+    return preds

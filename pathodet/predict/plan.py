@@ -1,6 +1,6 @@
 """Where on a slide the detector looks: the detection level, the windows, their cores.
 
-The detector was trained at ``target_mpp`` microns per pixel (0.25, a 40x scan). A slide
+The detector was trained at ``target_mpp`` microns per pixel (the checkpoint's). A slide
 is read at its level whose resolution is closest to that; when that level is off by more
 than ``mpp_tolerance`` (relative), each window is read at the level's own resolution and
 resized, so the detector always sees ``tile`` x ``tile`` pixels at ``target_mpp``.
@@ -15,41 +15,14 @@ cores are stored in level-0 pixels, where all merging happens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from pathodet.data.tiling import window_starts
+from pathodet.predict.config import SlideConfig
 from pathodet.predict.reader import SlideInfo
-from pathodet.predict.tissue import TissueSettings
 from pathodet.predict.windows import core_bounds
-
-
-@dataclass(frozen=True)
-class SlideSettings:
-    """Slide-specific settings (window size and thresholds are :class:`PredictSettings`).
-
-    Attributes:
-        target_mpp: microns per pixel the detector was trained at.
-        mpp_tolerance: relative resolution mismatch accepted without resizing.
-        assumed_mpp: level-0 microns per pixel of a slide that does not say.
-        tissue: how tissue is found.
-        count_threshold: score at which a detection counts as an SRC in counts and density.
-        density_um: side of a heatmap cell, microns.
-        num_workers: tile-reading worker processes.
-    """
-
-    target_mpp: float = 0.25
-    mpp_tolerance: float = 0.1
-    assumed_mpp: float = 0.25
-    tissue: TissueSettings = field(default_factory=TissueSettings)
-    count_threshold: float = 0.5
-    density_um: float = 250.0
-    num_workers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.target_mpp <= 0 or self.assumed_mpp <= 0 or self.density_um <= 0:
-            raise ValueError("target_mpp, assumed_mpp and density_um must be > 0")
 
 
 @dataclass(frozen=True)
@@ -87,6 +60,11 @@ class SlidePlan:
         """Level-0 pixels per detector pixel."""
         return self.downsample * self.read / self.tile
 
+    def to_level0(self, i: int) -> tuple[float, float, float, float]:
+        """``(k, k, ox, oy)``: window pixel ``(x, y)`` is level-0 ``(ox + k x, oy + k y)``."""
+        k = self.det_to_level0
+        return (k, k, *self.origin(i))
+
     def origin(self, i: int) -> tuple[float, float]:
         """Level-0 ``x, y`` of window ``i``'s top-left corner."""
         x, y = self.windows[i]
@@ -109,9 +87,11 @@ def choose_level(info: SlideInfo, target_mpp: float) -> int:
 
 def plan_slide(
     info: SlideInfo, mask: np.ndarray, mask_downsample: float, tile: int, overlap: int,
-    settings: SlideSettings,
+    settings: SlideConfig,
 ) -> SlidePlan:  # fmt: skip
     """Lay the windows over the tissue of a slide (see the module docstring)."""
+    if settings.target_mpp is None:
+        raise ValueError("slides.target_mpp is unset: resolve it with for_checkpoint first")
     level = choose_level(info, settings.target_mpp)
     ds = info.level_downsamples[level]
     r = info.level_mpp(level) / settings.target_mpp  # detector pixels per level pixel

@@ -1,4 +1,4 @@
-"""``pathodet predict`` on whole slides: one folder of results per slide, and a run summary.
+"""Whole slides for :func:`pathodet.predict.pipeline.predict`: survey, window reading, outputs.
 
 For each slide ``S``, ``out/slides/<S stem>/`` receives::
 
@@ -23,25 +23,25 @@ Under ``torchrun`` the work is shared in one of two ways (``split``):
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
 from pathodet.core.dist import DistInfo, barrier
 from pathodet.core.io import atomic_write_bytes, atomic_write_text
 from pathodet.data.geojson import write_geojson
 from pathodet.data.predictions import ImagePredictions, write_predictions
-from pathodet.predict.plan import SlidePlan, SlideSettings, plan_slide
+from pathodet.predict.config import SlideConfig
+from pathodet.predict.plan import SlidePlan, plan_slide
 from pathodet.predict.reader import Slide, SlideError, SlideInfo, thumbnail
 from pathodet.predict.slide_report import density_grid, heatmap_png, slide_summary, tissue_png
-from pathodet.predict.slide_windows import Timings, detect_windows, merge
 from pathodet.predict.tissue import tissue_mask
-from pathodet.predict.windows import PredictSettings, WindowDetector
 
 SLIDES_DIR = "slides"
 RUN_SUMMARY = "slides.json"
@@ -52,7 +52,7 @@ class NoTissue(SlideError):
     """A slide on which the tissue detector finds nothing."""
 
 
-def survey(path: Path, settings: SlideSettings, tile: int, overlap: int) -> tuple:
+def survey(path: Path, settings: SlideConfig, tile: int, overlap: int) -> tuple:
     """Open a slide, find its tissue and lay the windows: ``(info, overview, plan)``.
 
     The overview (long side ``OVERVIEW_SIDE`` pixels) is for the pictures; the tissue mask
@@ -73,7 +73,57 @@ def survey(path: Path, settings: SlideSettings, tile: int, overlap: int) -> tupl
     return info, view, plan_slide(info, mask, mask_ds, tile, overlap, settings)
 
 
-def _file_id(path: Path) -> dict:
+def read_window(slide: Slide, x0: int, y0: int, level: int, read: int, tile: int) -> np.ndarray:
+    """``(tile, tile, 3)`` uint8: the ``read`` x ``read`` pixels of ``level`` at level-0
+    ``(x0, y0)``, resized to ``tile`` when they differ (area averaging when shrinking)."""
+    rgb = slide.read(x0, y0, level, read, read)
+    if read != tile:
+        interp = cv2.INTER_AREA if read > tile else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
+    return rgb
+
+
+class SlideWindows(torch.utils.data.Dataset):
+    """Windows of one slide as ``{"index", "image" (3, tile, tile) uint8}``.
+
+    The slide is opened lazily, once per process, so the dataset can be sent to workers.
+    A window read at another resolution than the detector's is resized to ``tile``.
+    """
+
+    def __init__(self, path: Path, plan: SlidePlan, indices: Sequence[int], assumed_mpp: float):
+        self.path, self.plan, self.indices = Path(path), plan, list(indices)
+        self.assumed_mpp = assumed_mpp
+        self._slide: Slide | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        if self._slide is None:
+            self._slide = Slide(self.path, self.assumed_mpp)
+        i = self.indices[k]
+        p = self.plan
+        x0, y0 = p.origin(i)
+        rgb = read_window(self._slide, round(x0), round(y0), p.level, p.read, p.tile)
+        return {"index": i, "image": torch.from_numpy(rgb).permute(2, 0, 1).contiguous()}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_slide": None}
+
+
+def slide_batches(
+    path: Path, plan: SlidePlan, indices: Sequence[int], settings: SlideConfig,
+    batch_size: int, num_workers: int,
+) -> Iterable[dict]:  # fmt: skip
+    """Batches of windows ``indices`` read by ``num_workers`` processes (each opens the slide
+    itself): the input of :func:`~pathodet.predict.windows.detect_windows`."""
+    return torch.utils.data.DataLoader(
+        SlideWindows(path, plan, indices, settings.assumed_mpp), batch_size=batch_size,
+        num_workers=num_workers, prefetch_factor=2 if num_workers else None,
+    )  # fmt: skip
+
+
+def file_id(path: Path) -> dict:
     """What identifies a slide file for resuming: size and modification time."""
     try:
         st = path.stat()
@@ -82,13 +132,13 @@ def _file_id(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _ranges(n: int, parts: int) -> list[range]:
+def ranges(n: int, parts: int) -> list[range]:
     return [range(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
 
 
 def write_slide_outputs(
     folder: Path, info: SlideInfo, thumb: np.ndarray, plan: SlidePlan, boxes: np.ndarray,
-    scores: np.ndarray, settings: SlideSettings, extra: dict,
+    scores: np.ndarray, settings: SlideConfig, extra: dict,
 ) -> dict:  # fmt: skip
     """All per-slide files; ``summary.json`` last. Returns the summary."""
     name = info.path.name
@@ -116,133 +166,49 @@ def write_slide_outputs(
     return summary
 
 
-def _save_part(path: Path, boxes: np.ndarray, scores: np.ndarray, error: str | None) -> None:
-    import io
-
+def save_part(path: Path, boxes: np.ndarray, scores: np.ndarray, error: str | None) -> None:
     buf = io.BytesIO()
     np.savez(buf, boxes=boxes, scores=scores, error=np.array(error or ""))
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_part(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def load_part(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
     with np.load(path, allow_pickle=False) as z:
         return z["boxes"], z["scores"], str(z["error"])
 
 
-def run_slides(
-    detector: WindowDetector,
-    slides: Sequence[Path],
-    out: Path,
-    settings: PredictSettings,
-    slide_settings: SlideSettings,
-    fingerprint: dict,
-    dist: DistInfo | None = None,
-    split: str = "slides",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict:
-    """Detect on every slide; returns the run summary (also written to ``slides.json``).
+def gather_tile_parts(
+    parts: Path, path: Path, dist: DistInfo, detect: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``split="tiles"``: run this rank's ``detect()``, save its candidates to ``parts/``, and
+    on rank 0 return everyone's concatenated (None on the other ranks).
 
-    ``fingerprint`` identifies the model and settings: a slide whose ``summary.json``
-    carries the same one is not done again (a killed run resumes by slide).
+    Raises:
+        SlideError: on rank 0, when a rank failed (its message says which).
     """
-    dist = dist or DistInfo()
-    if split not in ("slides", "tiles"):
-        raise ValueError(f"split must be 'slides' or 'tiles', got {split!r}")
-    names: dict[str, Path] = {}
-    for p in map(Path, slides):
-        if p.stem in names and names[p.stem] != p:
-            raise ValueError(f"two slides named {p.stem}: {names[p.stem]} and {p}")
-        names[p.stem] = p
-    fp = {**fingerprint, "predict": asdict(settings), "slides": asdict(slide_settings)}
-    fp = json.loads(json.dumps(fp, default=str))
-    root = out / SLIDES_DIR
-    mine = list(names.values())
-    if split == "slides":
-        mine = mine[dist.rank :: dist.world_size]
-    records = []
-    for path in mine:
-        folder = root / path.stem
-        prev = folder / "summary.json"
-        slide_fp = {**fp, "slide_file": _file_id(path)}
-        if prev.is_file():
-            try:
-                if json.loads(prev.read_text()).get("fingerprint") == slide_fp:
-                    records.append({"slide": path.name, "status": "resumed",
-                                    "folder": str(folder)})  # fmt: skip
-                    continue
-            except ValueError:
-                pass
-
-        def step(done: int, total: int, name: str = path.name) -> None:
-            if progress:
-                progress(name, done, total)
-
-        try:
-            rec = _one_slide(
-                detector, path, folder, settings, slide_settings, slide_fp, dist, split, step
-            )
-        except Exception as exc:  # noqa: BLE001 - one bad slide never stops the others
-            msg = (
-                str(exc) if isinstance(exc, SlideError) else f"{path}: {type(exc).__name__}: {exc}"
-            )
-            rec = {"slide": path.name, "status": "failed", "error": msg}
-        if rec is not None:
-            records.append(rec)
-    return _run_summary(out, records, dist, split)
+    try:
+        boxes, scores = detect()
+        save_part(parts / f"rank{dist.rank}.npz", boxes, scores, None)
+    except Exception as exc:  # noqa: BLE001 - rank 0 reports it after the barrier
+        save_part(parts / f"rank{dist.rank}.npz", np.zeros((0, 4)), np.zeros(0),
+                  f"rank {dist.rank}: {exc}")  # fmt: skip
+    barrier()  # every part is written
+    try:
+        if not dist.is_main:
+            return None
+        loaded = [load_part(parts / f"rank{r}.npz") for r in range(dist.world_size)]
+        for r in range(dist.world_size):
+            (parts / f"rank{r}.npz").unlink()
+        parts.rmdir()
+        errors = [e for _, _, e in loaded if e]
+        if errors:
+            raise SlideError(f"{path}: " + "; ".join(errors))
+        return np.concatenate([b for b, _, _ in loaded]), np.concatenate([s for _, s, _ in loaded])
+    finally:
+        barrier()  # rank 0 has read the parts
 
 
-def _one_slide(
-    detector: WindowDetector, path: Path, folder: Path, settings: PredictSettings,
-    slide_settings: SlideSettings, fp: dict, dist: DistInfo, split: str,
-    step: Callable[[int, int], None],
-) -> dict | None:  # fmt: skip
-    """Detect one slide and write its folder; None on a rank that only contributed tiles."""
-    t0 = time.perf_counter()
-    timings = Timings()
-    info, thumb, plan = survey(path, slide_settings, settings.tile, settings.overlap)
-    n = len(plan.windows)
-    shared = split == "tiles" and dist.world_size > 1
-    idx = _ranges(n, dist.world_size)[dist.rank] if shared else range(n)
-    args = (settings.batch_size, slide_settings.num_workers, slide_settings.assumed_mpp, step)
-    if not shared:
-        boxes, scores = detect_windows(detector, path, plan, idx, *args, timings=timings)
-    else:
-        parts = folder / "parts"
-        try:
-            boxes, scores = detect_windows(detector, path, plan, idx, *args, timings=timings)
-            _save_part(parts / f"rank{dist.rank}.npz", boxes, scores, None)
-        except Exception as exc:  # noqa: BLE001 - rank 0 reports it after the barrier
-            _save_part(parts / f"rank{dist.rank}.npz", np.zeros((0, 4)), np.zeros(0),
-                       f"rank {dist.rank}: {exc}")  # fmt: skip
-        barrier()  # every part is written
-        try:
-            if not dist.is_main:
-                return None
-            loaded = [_load_part(parts / f"rank{r}.npz") for r in range(dist.world_size)]
-            for r in range(dist.world_size):
-                (parts / f"rank{r}.npz").unlink()
-            parts.rmdir()
-            errors = [e for _, _, e in loaded if e]
-            if errors:
-                raise SlideError(f"{path}: " + "; ".join(errors))
-            boxes = np.concatenate([b for b, _, _ in loaded])
-            scores = np.concatenate([s for _, s, _ in loaded])
-        finally:
-            barrier()  # rank 0 has read the parts
-    t1 = time.perf_counter()
-    keep = merge(boxes, scores, settings.nms_iou)
-    timings.merge = time.perf_counter() - t1
-    timings.total = time.perf_counter() - t0
-    summary = write_slide_outputs(
-        folder, info, thumb, plan, boxes[keep], scores[keep], slide_settings,
-        {"timings": timings.as_dict(), "fingerprint": fp},
-    )  # fmt: skip
-    return {"slide": path.name, "status": "done", "folder": str(folder),
-            "src_count": summary["src_count"], "tissue_area_mm2": summary["tissue_area_mm2"],
-            "src_per_mm2": summary["src_per_mm2"]}  # fmt: skip
-
-
-def _run_summary(out: Path, records: list[dict], dist: DistInfo, split: str) -> dict:
+def run_summary(out: Path, records: list[dict], dist: DistInfo, split: str) -> dict:
     """Per-rank lists gathered by rank 0 into ``slides.json`` (after a barrier)."""
     if dist.world_size > 1 and split == "slides":
         atomic_write_text(out / f"slides.rank{dist.rank}.json", json.dumps(records))

@@ -11,33 +11,17 @@ not tissue. Specks smaller than ``min_object_mm2`` are dropped and holes smaller
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-
-@dataclass(frozen=True)
-class TissueSettings:
-    """How tissue is found (units: microns per pixel, mm^2)."""
-
-    mask_mpp: float = 8.0
-    min_saturation: float = 0.07
-    max_value_dark: float = 0.15
-    min_object_mm2: float = 0.005
-    max_hole_mm2: float = 0.005
-
-    def __post_init__(self) -> None:
-        if self.mask_mpp <= 0:
-            raise ValueError(f"mask_mpp must be > 0, got {self.mask_mpp}")
+from pathodet.predict.config import TissueConfig
 
 
-def tissue_mask(
-    rgb: np.ndarray, mpp: float, settings: TissueSettings = TissueSettings()
-) -> np.ndarray:
+def tissue_mask(rgb: np.ndarray, mpp: float, settings: TissueConfig | None = None) -> np.ndarray:
     """``(h, w)`` bool tissue mask of an ``(h, w, 3)`` uint8 overview at ``mpp`` µm/pixel."""
+    settings = settings or TissueConfig()
     hsv = rgb2hsv(rgb)
     sat, val = hsv[..., 1], hsv[..., 2]
     bright = val > settings.max_value_dark

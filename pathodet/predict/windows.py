@@ -1,37 +1,46 @@
-"""Detection on whole images: overlapping tiles, batched, merged without seam duplicates.
+"""The one detection path of images and slides: windows -> detector -> keep the core -> merge.
 
-An image is cut into ``tile`` x ``tile`` windows overlapping by ``overlap`` pixels (the last
-window of a row or column aligned to the border). Each window is detected on its own; a
-detection is kept only when its centre lies in the window's *core*: the part of the
-window closer to its own centre than to the neighbour's, i.e. the overlap is split at its
-middle. Every point of the image lies in exactly one core, so a cell is reported by one
-window only; when ``overlap`` is at least the cell size, that window sees the whole cell.
-A final NMS over the whole image removes what remains (cells straddling a core border with
-boxes from both sides).
+An image or a slide is cut into ``tile`` x ``tile`` windows overlapping by ``overlap``
+pixels (the last window of a row or column aligned to the border). Each window is detected
+on its own; a detection is kept only when its centre lies in the window's *core*: the part
+of the window closer to its own centre than to the neighbour's, i.e. the overlap is split
+at its middle. Every point lies in exactly one core, so a cell is reported by one window
+only; when ``overlap`` is at least the cell size, that window sees the whole cell. A final
+NMS over the whole image or slide (:func:`merge`) removes what remains (cells straddling a
+core border with boxes from both sides).
+
+A plain image is a one-level slide: :func:`image_plan` lays its windows as
+:func:`~pathodet.predict.plan.plan_slide` lays a slide's, and both go through
+:func:`detect_windows` and :func:`merge`. Coordinates out of here are *level 0*: the
+image's own pixels, or the slide's full-resolution pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Literal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import box_iou
 
 from pathodet.core.machine import share_cores
 from pathodet.data.predictions import ImagePredictions
-from pathodet.data.samples import read_image, rescale_image
+from pathodet.data.samples import rescale_image
 from pathodet.data.tiling import window_starts
-from pathodet.model.retinanet import SRCRetinaNet, postprocess
-from pathodet.training.step import Precision, autocast
+from pathodet.predict.config import DEFAULT_TILE, PredictConfig
 
 MIN_BOX_SIDE = 1.0
-"""Pixels: a detection clipped to the image edge that is narrower or lower than this is
-dropped. It is no cell, and written with two decimals it could become an empty box."""
+"""Level-0 pixels: a detection clipped to the image edge that is narrower or lower than
+this is dropped. It is no cell, and written with two decimals it could become an empty box."""
+
+WindowDetector = Callable[[Tensor], list[dict[str, Tensor]]]
+"""``(B, 3, h, w)`` float images in [0, 1] -> per window ``{"boxes" (K, 4), "scores" (K,)}``
+in window pixels: :meth:`pathodet.model.retinanet.FrozenDetector.detect`, or any function
+(tests use pixel-rule detectors)."""
 
 
 def big_enough(boxes: np.ndarray) -> np.ndarray:
@@ -39,44 +48,8 @@ def big_enough(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIDE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIDE)
 
 
-DEFAULT_TILE = 1024
-"""Window side when neither the caller nor a checkpoint gives one."""
-
-
-@dataclass(frozen=True)
-class PredictSettings:
-    """How whole images are cut and merged (pixels), and how detections are filtered."""
-
-    tile: int | None = None
-    """Window side in the detector's pixels; ``None``: the checkpoint's training tile
-    (``data.tiling.tile_size``, see :func:`run_predict`), :data:`DEFAULT_TILE` elsewhere.
-    On real DigestPath, windows of the training tile (512 at 20x) scored a held-out FROC of
-    0.308 against 0.161 with one 1024 window per image (fold 0, docs/real-data.md)."""
-    overlap: int = 128
-    batch_size: int = 4
-    precision: Precision = "auto"
-    score_threshold: float = 0.05
-    nms_iou: float = 0.5
-    max_per_image: int = 2000
-    pad: Literal["reflect", "white"] = "reflect"
-    """How an image is padded up to a whole window (see :func:`_pad_to`)."""
-    scale: float | None = None
-    """Images are resized by this before detection (boxes come back in image pixels);
-    ``None``: the checkpoint's ``data.scale`` (see :func:`run_predict`), 1.0 elsewhere."""
-
-    def __post_init__(self) -> None:
-        if self.scale is not None and self.scale <= 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
-        if not 0 < self.nms_iou <= 1:
-            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
-        if self.tile is not None and (self.tile < 64 or self.tile % 32):
-            raise ValueError(f"tile must be a multiple of 32 and >= 64, got {self.tile}")
-        if not 0 <= self.overlap < (self.tile or DEFAULT_TILE):
-            raise ValueError(f"overlap must be in [0, tile), got {self.overlap}")
-
-
 def core_bounds(starts: Sequence[int], tile: int) -> list[tuple[float, float]]:
-    """Per window along one axis, ``[lo, hi)`` of its core (image pixels).
+    """Per window along one axis, ``[lo, hi)`` of its core (the windows' pixels).
 
     >>> core_bounds([0, 896, 976], 1024)
     [(-inf, 960.0), (960.0, 1000.0), (1000.0, inf)]
@@ -87,7 +60,71 @@ def core_bounds(starts: Sequence[int], tile: int) -> list[tuple[float, float]]:
     return list(zip(lo, hi, strict=True))
 
 
-def _pad_to(rgb: np.ndarray, h: int, w: int, mode: str = "reflect") -> np.ndarray:
+class WindowPlan(Protocol):
+    """Where the windows of one image or slide are (see :class:`ImagePlan` and
+    :class:`~pathodet.predict.plan.SlidePlan`).
+
+    Attributes:
+        cores: ``(T, 4)`` float64 ``x_lo, x_hi, y_lo, y_hi`` of each window's core, level-0
+            pixels (infinite at the border).
+        size0: ``(width, height)`` of level 0, pixels.
+    """
+
+    cores: np.ndarray
+    size0: tuple[int, int]
+
+    def to_level0(self, i: int) -> tuple[float, float, float, float]:
+        """``(kx, ky, ox, oy)``: window ``i``'s pixel ``(x, y)`` is level-0 ``(ox + kx x, oy + ky y)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The windows of one image, after resizing by the detection scale and padding.
+
+    Attributes:
+        tile_h, tile_w: window side, pixels of the resized image (the whole image, padded
+            to a multiple of 32, when it is smaller than the tile).
+        windows: ``(T, 2)`` top-left ``x, y`` of each window in the resized, padded image.
+        cores: ``(T, 4)`` level-0 (image pixel) cores. size0: the image's ``(w, h)``.
+        fx, fy: image pixels per resized pixel along x and y.
+    """
+
+    tile_h: int
+    tile_w: int
+    windows: np.ndarray
+    cores: np.ndarray
+    size0: tuple[int, int]
+    fx: float = 1.0
+    fy: float = 1.0
+
+    def to_level0(self, i: int) -> tuple[float, float, float, float]:
+        x, y = self.windows[i]
+        return self.fx, self.fy, float(x) * self.fx, float(y) * self.fy
+
+
+def image_plan(size0: tuple[int, int], size: tuple[int, int], tile: int, overlap: int) -> ImagePlan:
+    """Windows over an image of level-0 size ``size0 = (w, h)`` resized to ``size = (w, h)``.
+
+    An image smaller than the tile is padded up to a multiple of 32 and run as one window.
+    """
+    (w0, h0), (w, h) = size0, size
+    th = min(tile, -(-h // 32) * 32)
+    tw = min(tile, -(-w // 32) * 32)
+    ys = window_starts(max(h, th), th, th - overlap)
+    xs = window_starts(max(w, tw), tw, tw - overlap)
+    fx, fy = w0 / w, h0 / h
+    cx = [(lo * fx, hi * fx) for lo, hi in core_bounds(xs, tw)]
+    cy = [(lo * fy, hi * fy) for lo, hi in core_bounds(ys, th)]
+    windows = [(x, y) for y in ys for x in xs]
+    cores = [(*cx[i], *cy[j]) for j in range(len(ys)) for i in range(len(xs))]
+    return ImagePlan(th, tw, np.asarray(windows, np.int64), np.asarray(cores, np.float64),
+                     (w0, h0), fx, fy)  # fmt: skip
+
+
+def pad_to(
+    rgb: np.ndarray, h: int, w: int, mode: Literal["reflect", "white"] = "reflect"
+) -> np.ndarray:
     """Pad bottom/right to at least ``h`` x ``w``: mirrored tissue (``reflect``) or white.
 
     White padding makes a straight edge between tissue and a white strip, which a detector
@@ -104,132 +141,140 @@ def _pad_to(rgb: np.ndarray, h: int, w: int, mode: str = "reflect") -> np.ndarra
     return rgb
 
 
-WindowDetector = Callable[[Tensor], list[dict[str, Tensor]]]
-"""``(B, 3, h, w)`` float images in [0, 1] -> per window ``{"boxes" (K, 4), "scores" (K,)}``."""
+def image_batches(
+    padded: np.ndarray, plan: ImagePlan, batch_size: int
+) -> Iterable[dict[str, Tensor]]:
+    """Windows of an in-memory (resized, padded) image as ``{"index" (B,), "image" (B, 3,
+    h, w) uint8}`` batches, the form a slide's window loader yields."""
+    th, tw = plan.tile_h, plan.tile_w
+    for k in range(0, len(plan.windows), batch_size):
+        idx = range(k, min(k + batch_size, len(plan.windows)))
+        crops = np.stack([padded[y : y + th, x : x + tw] for x, y in plan.windows[idx]])
+        yield {"index": torch.as_tensor(list(idx)),
+               "image": torch.from_numpy(crops).permute(0, 3, 1, 2)}  # fmt: skip
 
 
-def retinanet_detector(
-    model: SRCRetinaNet, settings: PredictSettings, device: torch.device
-) -> WindowDetector:
-    """The detector's windows-to-boxes function at the run's threshold and precision."""
-    # per window: the run's threshold and NMS, and no cap below the whole image's
-    inf = model.cfg.inference.model_copy(update={
-        "score_threshold": settings.score_threshold,
-        "nms_iou": settings.nms_iou,
-        "max_detections": max(settings.max_per_image, model.cfg.inference.max_detections),
-    })  # fmt: skip
-    model.eval()
+@dataclass
+class Timings:
+    """Wall-clock seconds of one image or slide, by stage."""
 
-    @torch.no_grad()
-    def detect(images: Tensor) -> list[dict[str, Tensor]]:
+    total: float = 0.0
+    waiting: float = 0.0  # waiting for windows from the reader
+    detect: float = 0.0  # inside the detector (forward pass and per-window postprocess)
+    gather: float = 0.0  # core filtering and mapping to level 0
+    merge: float = 0.0  # whole-image NMS
+
+    def as_dict(self) -> dict[str, float]:
+        return {"total": self.total, "waiting": self.waiting, "detect": self.detect,
+                "gather": self.gather, "merge": self.merge}  # fmt: skip
+
+
+def detect_windows(
+    detector: WindowDetector,
+    batches: Iterable[dict[str, Tensor]],
+    plan: WindowPlan,
+    total: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timings: Timings | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of the windows in ``batches``: ``(K, 4)`` float64 level-0 boxes, ``(K,)`` scores.
+
+    A candidate is a detection whose centre (before clipping) lies in its window's core,
+    clipped to level 0 (windows may run past the border: padding is not image) and at least
+    :data:`MIN_BOX_SIDE` wide and high. Candidates still overlap across core borders until
+    :func:`merge`.
+
+    Args:
+        batches: ``{"index" (B,) window numbers, "image" (B, 3, h, w) uint8}``.
+        total: number of windows, for ``progress(done, total)``.
+    """
+    timings = timings if timings is not None else Timings()
+    w0, h0 = plan.size0
+    boxes: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    done = 0
+    t = time.perf_counter()
+    for batch in batches:
+        t1 = time.perf_counter()
+        timings.waiting += t1 - t
         share_cores()  # another pathodet process may have started or ended
-        with autocast(settings.precision, device):
-            outputs = model(images.to(device))
-        return postprocess(outputs, inf)
+        dets = detector(batch["image"].float().div_(255.0))
+        t2 = time.perf_counter()
+        timings.detect += t2 - t1
+        for i, det in zip(batch["index"].tolist(), dets, strict=True):
+            kx, ky, ox, oy = plan.to_level0(i)
+            b = det["boxes"].float().cpu().numpy().astype(np.float64)
+            b = b * [kx, ky, kx, ky] + [ox, oy, ox, oy]
+            mx, my = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            x_lo, x_hi, y_lo, y_hi = plan.cores[i]
+            keep = (mx >= x_lo) & (mx < x_hi) & (my >= y_lo) & (my < y_hi)
+            b[:, 0::2] = b[:, 0::2].clip(0, w0)
+            b[:, 1::2] = b[:, 1::2].clip(0, h0)
+            keep &= big_enough(b)
+            boxes.append(b[keep])
+            scores.append(det["scores"].float().cpu().numpy().astype(np.float64)[keep])
+        done += len(dets)
+        t = time.perf_counter()
+        timings.gather += t - t2
+        if progress:
+            progress(done, total if total is not None else done)
+    b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    return b, s
 
-    return detect
+
+def merge(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS over ``(K, 4)`` boxes, highest score first.
+
+    The rule of :func:`torchvision.ops.nms` (a box is dropped when its IoU with a
+    higher-scoring kept box exceeds ``iou_threshold``), computed with buckets of the
+    largest box side: two boxes that overlap have centres at most that far apart, so each
+    box is compared only with kept boxes in its own and the 8 neighbouring buckets. A slide
+    holds 10^5 candidates and more, where all-pairs NMS would not end.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    side = float(max(np.max(boxes[:, 2] - boxes[:, 0]), np.max(boxes[:, 3] - boxes[:, 1]), 1.0))
+    cx = np.floor((boxes[:, 0] + boxes[:, 2]) / 2 / side).astype(np.int64)
+    cy = np.floor((boxes[:, 1] + boxes[:, 3]) / 2 / side).astype(np.int64)
+    t = torch.from_numpy(boxes)
+    kept_in: dict[tuple[int, int], list[int]] = {}
+    keep: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        bx, by = int(cx[i]), int(cy[i])
+        near = [
+            j for dy in (-1, 0, 1) for dx in (-1, 0, 1) for j in kept_in.get((bx + dx, by + dy), ())
+        ]
+        if near and (box_iou(t[i : i + 1], t[near]) > iou_threshold).any():
+            continue
+        keep.append(int(i))
+        kept_in.setdefault((bx, by), []).append(int(i))
+    return np.asarray(keep, np.int64)
 
 
 def detect_image(
-    model: SRCRetinaNet | WindowDetector,
+    detector: WindowDetector,
     rgb: np.ndarray,
-    settings: PredictSettings,
-    device: torch.device | None = None,
+    config: PredictConfig,
+    timings: Timings | None = None,
 ) -> ImagePredictions:
     """Detections of one ``(H, W, 3)`` uint8 image in its pixel coordinates.
 
-    ``model`` is the detector, or any :data:`WindowDetector` (tests use a pixel-rule one).
-    With ``settings.scale`` not 1 the image is resized first (windows and overlap are in
-    resized pixels) and the boxes are mapped back to the image's own pixels.
+    The image is resized by ``config.scale`` first (windows and overlap are in resized
+    pixels; as training resized it, :func:`~pathodet.data.samples.rescale_image`), padded
+    (``config.pad``), cut into windows, detected, and merged; at most
+    ``config.max_per_image`` detections are kept, best first.
     """
-    if settings.scale not in (None, 1.0):
-        h, w = rgb.shape[:2]
-        small = rescale_image(rgb, settings.scale)
-        found = detect_image(model, small, replace(settings, scale=1.0), device)
-        fx, fy = w / small.shape[1], h / small.shape[0]
-        boxes = found.boxes * np.array([fx, fy, fx, fy])
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        return ImagePredictions(boxes, found.scores)
-    if isinstance(model, SRCRetinaNet):
-        detect = retinanet_detector(model, settings, device or torch.device("cpu"))
-    else:
-        detect = model
     h, w = rgb.shape[:2]
-    # an image smaller than the tile is padded up to a multiple of 32 and run as one window
-    tile = settings.tile or DEFAULT_TILE
-    th = min(tile, -(-h // 32) * 32)
-    tw = min(tile, -(-w // 32) * 32)
-    padded = _pad_to(rgb, th, tw, settings.pad)
-    ys = window_starts(padded.shape[0], th, th - settings.overlap)
-    xs = window_starts(padded.shape[1], tw, tw - settings.overlap)
-    cores_y, cores_x = core_bounds(ys, th), core_bounds(xs, tw)
-    windows = [(x, y, cx, cy) for y, cy in zip(ys, cores_y, strict=True)
-               for x, cx in zip(xs, cores_x, strict=True)]  # fmt: skip
-    boxes, scores = [], []
-    for k in range(0, len(windows), settings.batch_size):
-        chunk = windows[k : k + settings.batch_size]
-        batch = np.stack([padded[y : y + th, x : x + tw] for x, y, _, _ in chunk])
-        images = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        for (x, y, (cx0, cx1), (cy0, cy1)), det in zip(chunk, detect(images), strict=True):
-            b = det["boxes"].float().cpu().numpy().astype(np.float64) + [x, y, x, y]
-            mx, my = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-            keep = (mx >= cx0) & (mx < cx1) & (my >= cy0) & (my < cy1)
-            boxes.append(b[keep])
-            scores.append(det["scores"].float().cpu().numpy().astype(np.float64)[keep])
-    b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    s = np.concatenate(scores) if scores else np.zeros(0)
-    b[:, 0::2] = b[:, 0::2].clip(0, w)  # padding is not image
-    b[:, 1::2] = b[:, 1::2].clip(0, h)
-    ok = big_enough(b)
-    b, s = b[ok], s[ok]
-    keep = nms(torch.from_numpy(b), torch.from_numpy(s), settings.nms_iou).numpy()
-    keep = keep[: settings.max_per_image]
+    scale = 1.0 if config.scale is None else config.scale
+    small = rgb if scale == 1.0 else rescale_image(rgb, scale)
+    plan = image_plan((w, h), (small.shape[1], small.shape[0]), config.tile or DEFAULT_TILE,
+                      config.overlap)  # fmt: skip
+    padded = pad_to(small, plan.tile_h, plan.tile_w, config.pad)
+    batches = image_batches(padded, plan, config.batch_size)
+    b, s = detect_windows(detector, batches, plan, timings=timings)
+    t = time.perf_counter()
+    keep = merge(b, s, config.nms_iou)[: config.max_per_image]
+    if timings is not None:
+        timings.merge += time.perf_counter() - t
     return ImagePredictions(b[keep], s[keep])
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers: ``{"index", "image"}`` or ``{"index", "error"}``."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            return {"index": i, "image": read_image(self.paths[i])}
-        except Exception as exc:  # one bad file must not stop the batch
-            text = str(exc)  # read_image's errors already start with the path
-            named = text.startswith(str(self.paths[i]))
-            return {"index": i, "error": text if named else f"{self.paths[i]}: {text}"}
-
-
-def _as_is(item: dict) -> dict:
-    """Items pass through the loader unconverted (decoded images are read-only arrays)."""
-    return item
-
-
-def detect_files(
-    model: SRCRetinaNet,
-    paths: Sequence[Path],
-    settings: PredictSettings,
-    device: torch.device,
-    num_workers: int = 1,
-) -> Iterator[tuple[int, ImagePredictions | str, np.ndarray | None]]:
-    """``(index, predictions or error message, decoded (H, W, 3) image or None)`` per path.
-
-    Decoding runs in ``num_workers`` processes, ahead of the detector; the decoded image is
-    passed on so callers (overlays, sizes) never decode it again.
-    """
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(paths), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-        prefetch_factor=2 if num_workers else None,
-    )  # fmt: skip
-    for item in loader:
-        if "error" in item:
-            yield item["index"], item["error"], None
-            continue
-        rgb = np.asarray(item["image"])
-        yield item["index"], detect_image(model, rgb, settings, device), rgb

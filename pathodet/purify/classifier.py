@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 
 from pathodet.core.config import Strict
+from pathodet.core.machine import autocast
 from pathodet.data.augment import ColourView, ColourViewConfig
 from pathodet.losses.nnpu import nnpu_risk
 from pathodet.model.retinanet import IMAGENET_MEAN, IMAGENET_STD
-from pathodet.training.step import autocast
 
 
 class PUConfig(Strict):

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pathodet.data.digestpath import (
@@ -25,9 +24,9 @@ from pathodet.data.digestpath import (
 )
 from pathodet.data.samples import image_size, read_image
 from pathodet.data.tiling import tile_grid
-from pathodet.predict.plan import SlideSettings
+from pathodet.predict.config import SlideConfig
 from pathodet.predict.reader import Slide, SlideError, is_slide_file
-from pathodet.predict.slides import survey
+from pathodet.predict.slides import read_window, survey
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,11 @@ class PoolTile:
 
 
 def pool_tiles(
-    unlabeled: str | os.PathLike[str], tile: int, slide: SlideSettings | None = None
+    unlabeled: str | os.PathLike[str], tile: int, slide: SlideConfig | None = None
 ) -> tuple[list[PoolTile], list[Problem]]:
     """Every tile of the pool, in file order, and the files that could not be used."""
     unlabeled = Path(unlabeled)
-    slide = slide or SlideSettings()
+    slide = slide or SlideConfig(target_mpp=0.25)
     if not unlabeled.exists():
         raise FileNotFoundError(f"{unlabeled}: no such file or folder")
     if (unlabeled / POS_DIR).is_dir() or (unlabeled / NEG_DIR).is_dir():
@@ -90,7 +89,7 @@ def pool_tiles(
     return tiles, problems
 
 
-def _slide_tiles(path: Path, tile: int, settings: SlideSettings) -> list[PoolTile]:
+def _slide_tiles(path: Path, tile: int, settings: SlideConfig) -> list[PoolTile]:
     _, _, plan = survey(path, settings, tile, 0)
     side = round(plan.read * plan.downsample)
     return [
@@ -115,11 +114,7 @@ def read_tile(t: PoolTile, tile: int, cache: dict | None = None) -> np.ndarray:
     """
     if t.level is not None:
         with Slide(t.source) as s:
-            rgb = s.read(t.x, t.y, t.level, t.read, t.read)
-        if t.read != tile:
-            interp = cv2.INTER_AREA if t.read > tile else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
-        return rgb
+            return read_window(s, t.x, t.y, t.level, t.read, tile)
     if cache is not None and cache.get("path") == t.source:
         image = cache["image"]
     else:

@@ -105,21 +105,21 @@ def load_cases(data: Path | None, predictions: Path) -> list[Case]:
     roots = [predictions] + ([data] if data is not None else [])
     cases: list[Case] = []
     if data is not None:
-        from pathodet.eval.truth import load_truth
+        from pathodet.eval.annotations import load_annotations
 
         preds = {}
         csv = predictions / "predictions.csv"
         if csv.is_file():
             preds = read_predictions(csv)
-        truth = load_truth(data)
+        truth = load_annotations(data)
         for rec in load_records(data):
-            if rec.name not in truth.truth:
+            if rec.name not in truth.annotated:
                 continue
             boxes, scores = _sorted(preds.get(rec.name))
-            full = truth.full[rec.name].boxes if truth.full is not None else None
+            full = truth.full_truth[rec.name].boxes if truth.full_truth is not None else None
             cases.append(Case(
                 name=rec.name, kind="image", path=inside(rec.image, roots),
-                attribute=rec.attribute, annotated=truth.truth[rec.name].boxes,
+                attribute=rec.attribute, annotated=truth.annotated[rec.name].boxes,
                 boxes=boxes, scores=scores, full=full,
             ))  # fmt: skip
     for summary in sorted(predictions.glob("slides/*/summary.json")):

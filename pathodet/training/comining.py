@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pathodet.losses.config import LossConfig
-from pathodet.losses.criterion import detection_loss
-from pathodet.losses.ghm import CountReduce
+from pathodet.core.machine import PrecisionSetting, autocast
+from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model.boxes import box_iou
-from pathodet.model.config import AssignConfig
 from pathodet.model.retinanet import HeadOutputs
+from pathodet.training.batch import collate
 from pathodet.training.config import CominingConfig
 from pathodet.training.mining import complete_sets, mine_batch
-from pathodet.training.step import Precision, autocast, collate
 
 MATCH_IOU = 0.3
 """A mined box is a real SRC when its IoU with a true SRC box reaches this: the challenge's
@@ -42,21 +40,21 @@ SRCs in the tiles, of them found by a mined box of either view."""
 def collate_views(
     items: list[dict],
 ) -> tuple[Tensor, list[Tensor], Tensor, Tensor, list[Tensor] | None]:
-    """:func:`~pathodet.training.step.collate` plus the colour view and the truth.
+    """:func:`~pathodet.training.batch.collate` plus the colour view and the full truth.
 
     Returns:
-        ``images (B, 3, H, W)``, boxes, ``ap (B,)``, ``images_a (B, 3, H, W)`` (the
-        ``image_a`` of each item), and per tile ``(T_b, 4)`` true SRC boxes or None when
-        the items carry no ``truth_boxes``.
+        ``images (B, 3, H, W)``, boxes, ``is_ap (B,)``, ``images_a (B, 3, H, W)`` (the
+        ``image_a`` of each item), and per tile ``(T_b, 4)`` every true SRC box (synthetic
+        data) or None when the items carry no ``full_truth_boxes``.
     """
-    images, boxes, ap = collate(items)
+    images, boxes, is_ap = collate(items)
     views = np.stack([it["image_a"] for it in items])
     images_a = torch.from_numpy(views).permute(0, 3, 1, 2).float().div_(255.0)
-    truth = None
-    if all("truth_boxes" in it for it in items):
-        truth = [torch.as_tensor(it["truth_boxes"], dtype=torch.float32).view(-1, 4)
-                 for it in items]  # fmt: skip
-    return images, boxes, ap, images_a, truth
+    full_truth = None
+    if all("full_truth_boxes" in it for it in items):
+        full_truth = [torch.as_tensor(it["full_truth_boxes"], dtype=torch.float32).view(-1, 4)
+                      for it in items]  # fmt: skip
+    return images, boxes, is_ap, images_a, full_truth
 
 
 def split_views(outputs: HeadOutputs, b: int) -> tuple[HeadOutputs, HeadOutputs]:
@@ -71,46 +69,42 @@ def split_views(outputs: HeadOutputs, b: int) -> tuple[HeadOutputs, HeadOutputs]
 
 def comining_losses(
     model: torch.nn.Module,
+    criterion: Criterion,
     images: Tensor,
     images_a: Tensor,
-    boxes: list[Tensor],
-    ap: Tensor,
-    loss_cfg: LossConfig,
+    targets: Targets,
     co: CominingConfig,
-    assign_cfg: AssignConfig | None = None,
-    precision: Precision = "fp32",
+    precision: PrecisionSetting = "fp32",
     prior: Callable[[Tensor], Tensor] | None = None,
-    reduce: CountReduce | None = None,
-    ghm_acc_sum: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
     """Eq. 2: ``L = L(P_o, C_o) + L(P_a, C_a)`` with ``C_o = Y ∪ P_a^g``, ``C_a = Y ∪ P_o^g``.
 
     Args:
         images, images_a: ``(B, 3, H, W)`` the tiles and their colour view (pixel-aligned).
-        boxes: per tile ``(K_b, 4)`` annotated boxes ``Y``. ap: ``(B,)`` bool.
-        prior: score soft sampling's first-round detector, applied to each view.
+        targets: the annotated boxes ``Y`` and the AP attribute of the tiles.
+        prior: score soft sampling's first-round detector scores, applied to each view.
 
     Returns:
         the loss terms summed over the views (``positives`` counts both), and the boxes
         mined from view ``o`` and from view ``a`` (per tile ``(M_b, 4)``, no gradient).
     """
     b = images.shape[0]
+    boxes, is_ap = targets.boxes, targets.is_ap
     model.train()
     with autocast(precision, images.device):
         outputs = model(torch.cat([images, images_a]))
     out_o, out_a = split_views(outputs, b)
     if co.mine:
         args = (co.tau, co.theta1, co.theta2, co.attribute_aware, co.max_candidates)
-        mined_o = mine_batch(out_o, boxes, ap, *args)
-        mined_a = mine_batch(out_a, boxes, ap, *args)
+        mined_o = mine_batch(out_o, boxes, is_ap, *args)
+        mined_a = mine_batch(out_a, boxes, is_ap, *args)
     else:  # 'Joint': both views on the annotations alone
         mined_o = mined_a = [box.new_zeros((0, 4)) for box in boxes]
     total: dict[str, Tensor] = {}
-    for out, view, pseudo in ((out_o, images, mined_a), (out_a, images_a, mined_o)):
-        complete, flags = complete_sets(boxes, pseudo)
+    for out, view, mined in ((out_o, images, mined_a), (out_a, images_a, mined_o)):
+        complete, pseudo = complete_sets(boxes, mined)
         scores = prior(view) if prior is not None else None
-        terms = detection_loss(out, complete, ap, loss_cfg, assign_cfg, scores, reduce,
-                               ghm_acc_sum, mined=flags)  # fmt: skip
+        terms = criterion(out, Targets(complete, is_ap, pseudo, scores))
         for k, v in terms.items():
             total[k] = total[k] + v if k in total else v
     return total, mined_o, mined_a
@@ -120,19 +114,19 @@ def mining_counts(
     mined_o: list[Tensor],
     mined_a: list[Tensor],
     annotated: list[Tensor],
-    truth: list[Tensor] | None,
+    full_truth: list[Tensor] | None,
 ) -> dict[str, float]:
-    """:data:`MINING_KEYS` of one mini-batch (only ``mined`` without the truth).
+    """:data:`MINING_KEYS` of one mini-batch (only ``mined`` without the full truth).
 
     Args:
         mined_o, mined_a: per tile ``(M_b, 4)`` boxes mined from each view.
-        annotated: per tile ``(K_b, 4)``. truth: per tile ``(T_b, 4)`` every true SRC.
+        annotated: per tile ``(K_b, 4)``. full_truth: per tile ``(T_b, 4)`` every true SRC.
     """
     out = {"mined": float(sum(len(m) for m in mined_o) + sum(len(m) for m in mined_a))}
-    if truth is None:
+    if full_truth is None:
         return out
     real = missed = found = 0
-    for mo, ma, y, t in zip(mined_o, mined_a, annotated, truth, strict=True):
+    for mo, ma, y, t in zip(mined_o, mined_a, annotated, full_truth, strict=True):
         mined = torch.cat([mo, ma]).float().cpu()
         t, y = t.float().cpu(), y.float().view(-1, 4).cpu()
         if len(t) == 0:

@@ -34,7 +34,7 @@ class CominingConfig(Strict):
     annotated box); what survives from one view joins the annotations that supervise the
     other (eq. 1), and the loss is the sum of both views' losses (eq. 2).
 
-    How mined positives enter DGHM-C is ``loss.dghm.mined_group``.
+    How mined positives enter DGHM-C is ``loss.dghm.pseudo_group``.
     """
 
     enabled: bool = False

@@ -33,17 +33,18 @@ from pathodet.training.config import TrainConfig
 class TrainingData:
     """Tiles of the training folds and of the held-out fold, with what was left out.
 
-    ``ap`` / ``np`` index the training tiles the batch sampler draws from. ``truth``:
-    image name -> ``(T, 4)`` every true SRC box (image pixels) of the training images, on
-    synthetic data with co-mining on; None otherwise.
+    ``ap_tiles`` / ``np_tiles`` index the training tiles the batch sampler draws from.
+    ``full_truth``: image name -> ``(T, 4)`` every true SRC box (image pixels) of the
+    training images, on synthetic data with co-mining on; None otherwise (the annotations
+    are in the tiles).
     """
 
     train: TileDataset
     val: TileDataset
-    ap: list[int]
-    np: list[int]
+    ap_tiles: list[int]
+    np_tiles: list[int]
     problems: list[Problem]
-    truth: dict[str, np.ndarray] | None = None
+    full_truth: dict[str, np.ndarray] | None = None
 
 
 def images_in(cache_mb: int, samples: Sequence[Sample], scale: float) -> int:
@@ -127,8 +128,8 @@ class AugmentedTiles(torch.utils.data.Dataset):
     """``dataset[(index, seed)]``: tile ``index`` augmented with ``seed`` (see the sampler).
 
     With ``view``, the item also has ``image_a``: the augmented tile's colour view. With
-    ``truth`` (image name -> true boxes), ``truth_boxes``: the true SRCs in the augmented
-    tile, transformed as the annotated boxes are.
+    ``full_truth`` (image name -> every true box), ``full_truth_boxes``: the true SRCs in
+    the augmented tile, transformed as the annotated boxes are.
     """
 
     def __init__(
@@ -136,9 +137,10 @@ class AugmentedTiles(torch.utils.data.Dataset):
         tiles: TileDataset,
         augment: TileAugment,
         view: ColourView | None = None,
-        truth: dict[str, np.ndarray] | None = None,
+        full_truth: dict[str, np.ndarray] | None = None,
     ) -> None:
-        self.tiles, self.augment, self.view, self.truth = tiles, augment, view, truth
+        self.tiles, self.augment, self.view = tiles, augment, view
+        self.full_truth = full_truth
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -146,9 +148,11 @@ class AugmentedTiles(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         item = self.tiles[index]
-        if self.truth is not None:
-            boxes = self.truth[item["name"]]
-            item["truth_boxes"] = boxes_in_window(boxes, item["window"], self.tiles.min_visible)[0]
+        if self.full_truth is not None:
+            boxes = self.full_truth[item["name"]]
+            item["full_truth_boxes"] = boxes_in_window(
+                boxes, item["window"], self.tiles.min_visible
+            )[0]
         item = self.augment(item, seed)
         if self.view is not None:
             item["image_a"] = self.view(item["image"], seed)

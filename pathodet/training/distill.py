@@ -14,17 +14,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pathodet.losses.config import LossConfig
-from pathodet.losses.criterion import detection_loss, gather_boxes, label_anchors
+from pathodet.core.machine import PrecisionSetting, autocast
+from pathodet.losses.criterion import Criterion, Targets, gather_boxes
 from pathodet.losses.distill import hint_loss, imitation_mask, kd_cls_loss, kd_reg_loss
-from pathodet.losses.ghm import CountReduce
 from pathodet.model.assign import POSITIVE
 from pathodet.model.boxes import encode
-from pathodet.model.config import AssignConfig, ModelConfig
-from pathodet.model.retinanet import STRIDES
+from pathodet.model.config import ModelConfig
+from pathodet.model.retinanet import STRIDES, FrozenDetector
 from pathodet.training.checkpoint import CheckpointError, load_detector
 from pathodet.training.config import DistillConfig
-from pathodet.training.step import Precision, autocast
 
 DISTILL_KEYS = ("hint", "kdc", "kdr")
 
@@ -38,12 +36,18 @@ class Distiller(nn.Module):
             student's (the features and anchors must correspond one to one).
     """
 
-    def __init__(self, cfg: DistillConfig, student: ModelConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        student: ModelConfig,
+        device: torch.device,
+        precision: PrecisionSetting = "fp32",
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.teacher is None:
             raise CheckpointError("train.distill needs train.distill.teacher=RUN/last.pt")
-        teacher, tcfg = load_detector(cfg.teacher)
+        model, tcfg = load_detector(cfg.teacher)
         mine = student.model_dump(exclude={"weights", "init", "norm", "inference"})
         theirs = tcfg.model.model_dump(exclude={"weights", "init", "norm", "inference"})
         if mine != theirs:
@@ -52,9 +56,7 @@ class Distiller(nn.Module):
                 f"{cfg.teacher}: the teacher's model differs from the student's in {diff}; "
                 "self-distillation needs the same architecture"
             )
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        self.teacher = [teacher.to(device).eval()]  # a list: keep it out of state_dict()
+        self.teacher = FrozenDetector(model, device, precision)  # not a submodule: not saved
         c = student.fpn_channels
         self.adapters = nn.ModuleList(
             nn.Conv2d(c, c, kernel_size=3, padding=1) for _ in STRIDES
@@ -64,23 +66,17 @@ class Distiller(nn.Module):
 def distill_losses(
     net: nn.Module,
     distiller: Distiller,
+    criterion: Criterion,
     images: Tensor,
-    boxes: list[Tensor],
-    ap: Tensor,
-    pseudo: list[Tensor] | None,
-    loss_cfg: LossConfig,
-    assign: AssignConfig,
-    precision: Precision = "fp32",
-    reduce: CountReduce | None = None,
-    ghm_acc_sum: Tensor | None = None,
+    targets: Targets,
+    precision: PrecisionSetting = "fp32",
 ) -> dict[str, Tensor]:
     """Detection loss plus the three distillation terms of one mini-batch (Eq. 8).
 
     Args:
         net: the student (may be DDP-wrapped); put in train mode here.
-        images: ``(B, 3, H, W)`` in ``[0, 1]``. boxes: per image ``(K_b, 4)`` annotated and
-            pseudo boxes. ap: ``(B,)`` bool. pseudo: per image ``(K_b,)`` bool, which boxes
-            are pseudo-labels (their positives join ``loss.dghm.mined_group`` under DGHM-C).
+        images: ``(B, 3, H, W)`` in ``[0, 1]``. targets: annotated and pseudo boxes (their
+            positives join ``loss.dghm.pseudo_group`` under DGHM-C) and the AP attribute.
 
     Returns:
         ``{"loss", "cls", "reg", "positives", "hint", "kdc", "kdr"}``; ``loss`` is the total.
@@ -90,18 +86,16 @@ def distill_losses(
     with autocast(precision, images.device):
         out = net(images)
         adapted = [phi(f) for phi, f in zip(distiller.adapters, out.features, strict=True)]
-    with torch.no_grad(), autocast(precision, images.device):
-        t_out = distiller.teacher[0](images)
-    losses = detection_loss(
-        out, boxes, ap, loss_cfg, assign, None, reduce, ghm_acc_sum, mined=pseudo
-    )
+    t_out = distiller.teacher(images)
+    losses = criterion(out, targets)
+    boxes = targets.boxes
     anchors = out.anchors
     shapes = [(f.shape[-2], f.shape[-1]) for f in out.features]
     per_image = [imitation_mask(anchors, shapes, b, dc.psi) for b in boxes]
     masks = [torch.stack([m[level] for m in per_image]) for level in range(len(shapes))]
     hint = hint_loss(adapted, t_out.features, masks)
 
-    labelled = label_anchors(anchors, boxes, loss_cfg, assign)
+    labelled = criterion.label(anchors, boxes)
     labels = torch.stack([x.labels for x in labelled])  # (B, A)
     valid, pos = labels >= 0, labels == POSITIVE
     kdc = kd_cls_loss(out.cls_logits[valid], t_out.cls_logits[valid], pos[valid].float(),

@@ -15,20 +15,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pathodet.core.machine import resolve_precision
+from pathodet.core.machine import PrecisionSetting, resolve_precision
 from pathodet.data.tiling import TileDataset
 from pathodet.model.assign import POSITIVE, assign_retinanet
 from pathodet.model.config import AssignConfig, ModelConfig
+from pathodet.model.retinanet import FrozenDetector
+from pathodet.training.batch import collate
 from pathodet.training.checkpoint import CheckpointError, load_detector
 from pathodet.training.config import Config
-from pathodet.training.step import Precision, autocast, collate
 
 
 class PriorScorer:
-    """A frozen first-round detector: ``scorer(images)`` -> ``(B, A)`` scores in ``[0, 1]``."""
+    """A frozen first-round detector: ``scorer(images)`` -> ``(B, A)`` scores in ``[0, 1]``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be loaded, or its anchors differ from this
+            run's (``model.anchors`` must match for per-anchor scores).
+    """
 
     def __init__(
-        self, checkpoint: Path, model_cfg: ModelConfig, device: torch.device, precision: Precision
+        self,
+        checkpoint: Path,
+        model_cfg: ModelConfig,
+        device: torch.device,
+        precision: PrecisionSetting,
     ) -> None:
         model, prior_cfg = load_detector(checkpoint)
         if prior_cfg.model.anchors != model_cfg.anchors:
@@ -36,14 +46,10 @@ class PriorScorer:
                 f"{checkpoint}: the prior detector's anchors differ from this run's "
                 "(model.anchors must match for per-anchor scores)"
             )
-        self.model = model.to(device).eval().requires_grad_(False)
-        self.precision = precision
+        self.detector = FrozenDetector(model, device, precision)
 
-    @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
-        with autocast(self.precision, images.device):
-            logits = self.model(images).cls_logits
-        return logits.float().sigmoid()
+        return self.detector(images).cls_logits.float().sigmoid()
 
 
 def median_box_score(
@@ -62,13 +68,11 @@ def median_box_score(
         ValueError: no annotated box got a positive anchor.
     """
     scores: list[float] = []
-    device = next(scorer.model.parameters()).device
     # a seeded random sample: the first tiles in dataset order come from few images
     order = np.random.default_rng(0).permutation(len(indices))[:limit]
     for i in (indices[k] for k in order):
         images, boxes, _ = collate([tiles[i]])
-        with torch.no_grad(), autocast(scorer.precision, device):
-            out = scorer.model(images.to(device))
+        out = scorer.detector(images)
         s = out.cls_logits[0].float().sigmoid().cpu()
         lab = assign_retinanet(
             out.anchors.cpu(), boxes[0], assign.fg_iou, assign.bg_iou, assign.allow_low_quality

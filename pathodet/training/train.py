@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from pathodet.core.dist import (
     DistInfo,
@@ -38,18 +39,21 @@ from pathodet.core.dist import (
 )
 from pathodet.core.io import remove_stale_temps
 from pathodet.core.machine import (
+    PrecisionSetting,
+    autocast,
     configure_threads,
     machine_record,
     resolve_precision,
     share_cores,
 )
-from pathodet.core.progress import TrainProgress
+from pathodet.core.progress import Bars
 from pathodet.data.augment import ColourView, TileAugment
 from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
-from pathodet.losses.criterion import detection_loss
+from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model import build_retinanet
 from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
+from pathodet.training.batch import collate, collate_pseudo
 from pathodet.training.checkpoint import load_checkpoint, save_checkpoint
 from pathodet.training.comining import (
     MINING_KEYS,
@@ -70,7 +74,6 @@ from pathodet.training.run_dir import (
     check_resume_config,
     save_run_config,
 )
-from pathodet.training.step import autocast, backward, collate, collate_pseudo, loss_and_gradients
 
 ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
 OnStep = Callable[[int, int, float], None]
@@ -150,11 +153,11 @@ class Trainer:
         self.distiller = None
         params = [p for p in model.parameters() if p.requires_grad]
         if tc.distill.enabled:
-            self.distiller = Distiller(tc.distill, self.cfg.model, self.device)
+            self.distiller = Distiller(tc.distill, self.cfg.model, self.device, self.precision)
             params += list(self.distiller.adapters.parameters())
         self.optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        g = cfg.loss.ghm
-        self.ghm_acc_sum = torch.zeros(g.bins, device=self.device) if g.momentum > 0 else None
+        reduce = all_reduce_sum if self.info.distributed else None
+        self.criterion = Criterion(cfg.loss, cfg.model.assign, reduce).to(self.device)
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
@@ -164,7 +167,7 @@ class Trainer:
             self._restore(state)
         self.net = wrap_ddp(self.model, self.device, self.info, resolved)
         self.sampler = APNPBatchSampler(
-            self.data.ap, self.data.np, tc.batch_size, tc.ap_fraction, tc.seed,
+            self.data.ap_tiles, self.data.np_tiles, tc.batch_size, tc.ap_fraction, tc.seed,
             self.info.rank, self.info.world_size, tc.max_steps_per_epoch,
         )  # fmt: skip
         co = tc.comining.enabled
@@ -172,7 +175,7 @@ class Trainer:
             self.data.train,
             TileAugment(tc.augment),
             ColourView(tc.comining.view) if co else None,
-            self.data.truth,
+            self.data.full_truth,
         )
         self.loader = torch.utils.data.DataLoader(
             tiles, batch_sampler=self.sampler, collate_fn=collate_views if co else collate_pseudo,
@@ -182,8 +185,8 @@ class Trainer:
             self.data.val, tc.val_tiles, tc.val_batch_size, tc.seed
         )
         self.prior = None
-        if cfg.loss.name == "score_ss":
-            self.prior = score_prior(self.cfg, self.data.train, self.data.ap, self.device,
+        if self.criterion.needs_prior:
+            self.prior = score_prior(self.cfg, self.data.train, self.data.ap_tiles, self.device,
                                      self.log_line if self.info.is_main else None)  # fmt: skip
         self.progress = progress and self.info.is_main
         if self.info.is_main:
@@ -200,8 +203,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.ghm_acc_sum is not None and state.get("ghm_acc_sum") is not None:
-            self.ghm_acc_sum.copy_(state["ghm_acc_sum"])
+        acc = self.criterion.ghm_acc_sum
+        if acc is not None and state.get("ghm_acc_sum") is not None:
+            acc.copy_(state["ghm_acc_sum"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
         self.loss_sum, self.loss_count = state.get("loss_sum", 0.0), state.get("loss_count", 0)
@@ -220,7 +224,7 @@ class Trainer:
                 "milestones": list(tc.milestones),
                 "gamma": tc.lr_gamma,
             },
-            "ghm_acc_sum": self.ghm_acc_sum,
+            "ghm_acc_sum": self.criterion.ghm_acc_sum,
             "epoch": self.epoch,
             "batch": self.batch,
             "step": self.step,
@@ -240,46 +244,40 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------
     def train_step(
-        self, images, boxes, ap, pseudo=None, images_a=None, truth=None
+        self, images, boxes, is_ap, pseudo=None, images_a=None, full_truth=None
     ) -> dict[str, float]:
         """One optimiser step; ``pseudo`` flags pseudo-labeled boxes; ``images_a`` (the
-        colour view) and ``truth`` with co-mining."""
+        colour view) and ``full_truth`` with co-mining."""
         tc = self.cfg.train
         share_cores()  # another pathodet process may have started or ended
-        images, ap = images.to(self.device), ap.to(self.device)
-        boxes = [b.to(self.device) for b in boxes]
+        images = images.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = tc.lr_at(self.epoch, self.step)
-        reduce = all_reduce_sum if self.info.distributed else None
+        reduce = self.criterion.reduce
         counts = None
         if pseudo is not None:  # None when no box is a pseudo-label: the plain loss
             pseudo = [p.to(self.device) for p in pseudo] if any(p.any() for p in pseudo) else None
+        targets = Targets([b.to(self.device) for b in boxes], is_ap.to(self.device), pseudo)
         keys = ("loss", "cls", "reg")
         # the gradient norm is of the global batch: DDP has already combined the ranks'
         if self.distiller is not None:
-            losses = distill_losses(
-                self.net, self.distiller, images, boxes, ap, pseudo, self.cfg.loss,
-                self.cfg.model.assign, self.precision, reduce, self.ghm_acc_sum,
-            )  # fmt: skip
-            grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
-                                 tc.grad_clip)  # fmt: skip
+            losses = distill_losses(self.net, self.distiller, self.criterion, images, targets,
+                                    self.precision)  # fmt: skip
             keys += DISTILL_KEYS
         elif images_a is not None:
             losses, mined_o, mined_a = comining_losses(
-                self.net, images, images_a.to(self.device), boxes, ap, self.cfg.loss,
-                tc.comining, self.cfg.model.assign, self.precision, self.prior, reduce,
-                self.ghm_acc_sum,
+                self.net, self.criterion, images, images_a.to(self.device), targets,
+                tc.comining, self.precision, self.prior,
             )  # fmt: skip
-            grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size,
-                                 tc.grad_clip)  # fmt: skip
-            counts = mining_counts(mined_o, mined_a, boxes, truth)
+            counts = mining_counts(mined_o, mined_a, targets.boxes, full_truth)
         else:
-            prior = self.prior(images) if self.prior is not None else None
-            losses, grad_norm = loss_and_gradients(
-                self.net, self.optimizer, images, boxes, ap, self.cfg.loss,
-                self.cfg.model.assign, self.precision, prior, reduce, self.ghm_acc_sum,
-                self.info.world_size, tc.grad_clip, pseudo,
-            )  # fmt: skip
+            self.net.train()
+            if self.prior is not None:
+                targets.prior_scores = self.prior(images)
+            with autocast(self.precision, images.device):
+                outputs = self.net(images)
+            losses = self.criterion(outputs, targets)
+        grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size, tc.grad_clip)
         values = torch.stack([losses[k].detach().float() for k in keys])
         values = all_reduce_sum(values) if reduce else values
         if not (torch.isfinite(values).all() and math.isfinite(grad_norm)):
@@ -308,25 +306,26 @@ class Trainer:
         if not self.val_batches:
             return {}
         self.model.eval()
-        acc = None if self.ghm_acc_sum is None else self.ghm_acc_sum.clone()
+        acc = self.criterion.ghm_acc_sum  # validation must not move the training statistics
+        criterion = Criterion(self.cfg.loss, self.cfg.model.assign, None,
+                              None if acc is None else acc.clone())  # fmt: skip
         totals = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
         preds: dict[str, ImagePredictions] = {}
         truth: dict[str, tuple[str, np.ndarray]] = {}
         for idx in self.val_batches:
-            images, boxes, ap = collate([self.data.val[i] for i in idx])
+            images, boxes, is_ap = collate([self.data.val[i] for i in idx])
             images = images.to(self.device)
             prior = self.prior(images) if self.prior is not None else None
             with autocast(self.precision, self.device):
                 outputs = self.model(images)
-            losses = detection_loss(
-                outputs, [b.to(self.device) for b in boxes], ap.to(self.device), self.cfg.loss,
-                self.cfg.model.assign, prior, None, acc,
-            )  # fmt: skip
+            targets = Targets([b.to(self.device) for b in boxes], is_ap.to(self.device),
+                              prior_scores=prior)  # fmt: skip
+            losses = criterion(outputs, targets)
             for k in totals:
                 totals[k] += float(losses[k]) / len(self.val_batches)
             if self.val_metrics is not None:
                 dets = postprocess(outputs, self.cfg.model.inference)
-                for i, det, b, a in zip(idx, dets, boxes, ap.tolist(), strict=True):
+                for i, det, b, a in zip(idx, dets, boxes, is_ap.tolist(), strict=True):
                     preds[f"tile{i}"] = ImagePredictions(
                         det["boxes"].float().cpu().numpy(), det["scores"].float().cpu().numpy()
                     )
@@ -340,7 +339,8 @@ class Trainer:
     def fit(self) -> dict:
         tc = self.cfg.train
         n_batches = self.sampler.batches_per_epoch()
-        bar = TrainProgress(tc.epochs, n_batches, enabled=self.progress)
+        bar = Bars(enabled=self.progress)
+        bar.add("train", total=tc.epochs * n_batches)
         try:
             with bar if self.progress else nullcontext():
                 while self.epoch < tc.epochs:
@@ -359,15 +359,16 @@ class Trainer:
             "machine": self.machine,
         }
 
-    def _run_epoch(self, bar: TrainProgress, n_batches: int) -> None:
+    def _run_epoch(self, bar: Bars, n_batches: int) -> None:
         tc = self.cfg.train
         self.sampler.start_at(self.epoch, self.batch)
-        bar.start_epoch(self.epoch, self.batch)
+        epoch = f"epoch {self.epoch + 1}/{tc.epochs}"
+        bar.update("train", self.epoch * n_batches + self.batch, note=epoch)
         t0, tiles = time.perf_counter(), 0
         for batch in self.loader:
-            if self.cfg.train.comining.enabled:  # images, boxes, ap, images_a, truth
-                values = self.train_step(*batch[:3], images_a=batch[3], truth=batch[4])
-            else:  # images, boxes, ap, pseudo
+            if self.cfg.train.comining.enabled:  # images, boxes, is_ap, images_a, full_truth
+                values = self.train_step(*batch[:3], images_a=batch[3], full_truth=batch[4])
+            else:  # images, boxes, is_ap, pseudo
                 values = self.train_step(*batch)
             self.step, self.batch = self.step + 1, self.batch + 1
             self.loss_sum, self.loss_count = self.loss_sum + values["loss"], self.loss_count + 1
@@ -376,7 +377,8 @@ class Trainer:
                     self.mining[k] = self.mining.get(k, 0.0) + values[k]
             tiles += tc.batch_size
             rate = tiles / max(time.perf_counter() - t0, 1e-9)
-            bar.advance(values["loss"], rate)
+            bar.update("train", advance=1,
+                       note=f"{epoch}  loss {values['loss']:.4f}  {rate:.1f} tiles/s")  # fmt: skip
             if self.on_step is not None and self.info.is_main:
                 self.on_step(self.step, tc.epochs * n_batches, values["loss"])
             if self.info.is_main and (self.step % tc.log_every == 0 or self.batch == n_batches):
@@ -432,3 +434,41 @@ def train(
         return Trainer(cfg, run_dir, resume, progress, log, val_metrics, on_step).fit()
     finally:
         shutdown()
+
+
+def backward(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    world_size: int = 1,
+    grad_clip: float | None = None,
+) -> float:
+    """Fresh gradients of ``loss * world_size``; returns their total norm, clipped to
+    ``grad_clip`` when given (``nan``/``inf`` when they are not finite).
+
+    Under DDP each rank's loss is its share of the global-batch loss (the criterion's
+    ``reduce`` makes the statistics global) and DDP averages gradients, so the loss is
+    scaled by ``world_size`` to backpropagate the global loss.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    (loss * world_size).backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
+
+
+def train_step(
+    model: SRCRetinaNet,
+    optimizer: torch.optim.Optimizer,
+    criterion: Criterion,
+    images: Tensor,
+    targets: Targets,
+    precision: PrecisionSetting = "fp32",
+) -> dict[str, float]:
+    """One single-process optimisation step of the plain path of :meth:`Trainer.train_step`
+    (benchmarks and calibration time it); returns the loss terms."""
+    model.train()
+    with autocast(precision, images.device):
+        outputs = model(images)
+    losses = criterion(outputs, targets)
+    backward(losses["loss"], optimizer)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}

@@ -1,9 +1,9 @@
-"""Ground truth for evaluation from a DigestPath-layout root.
+"""What evaluation scores against, read from a DigestPath-layout root.
 
-``truth``: the annotated boxes of every AP image and the NP images (which have none).
+``annotated``: the annotated boxes of every AP image and the NP images (which have none).
 ``removed``: the boxes ``pathodet data drop`` took away (``removed-annotations/``), for
-R-recall. ``full``: every real SRC of synthetic data (``full-annotations/``), for the true
-recall and precision that partial annotation hides.
+R-recall. ``full_truth``: every real SRC of synthetic data (``full-annotations/``), for the
+true recall and precision that partial annotation hides.
 """
 
 from __future__ import annotations
@@ -17,14 +17,23 @@ import numpy as np
 from pathodet.data.digestpath import FULL_DIR, Problem, load_records
 from pathodet.data.drop import REMOVED_DIR
 from pathodet.data.samples import ImageProblem, load_sample
-from pathodet.eval.metrics import Truth
+from pathodet.eval.metrics import ImageBoxes
 
 
 @dataclass
-class EvalTruth:
-    truth: dict[str, Truth]
-    removed: dict[str, Truth] | None = None
-    full: dict[str, Truth] | None = None
+class Annotations:
+    """What a dataset's predictions are scored against, per image name.
+
+    Attributes:
+        annotated: the annotated boxes (what the challenge scores).
+        removed: boxes removed by ``pathodet data drop`` (R-recall), when known.
+        full_truth: every true SRC (synthetic data: true recall and precision), when known.
+        problems: images or files that could not be read.
+    """
+
+    annotated: dict[str, ImageBoxes]
+    removed: dict[str, ImageBoxes] | None = None
+    full_truth: dict[str, ImageBoxes] | None = None
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -36,12 +45,12 @@ def _boxes_from(record, xml: Path | None, problems: list[Problem]) -> np.ndarray
     return sample.boxes.astype(np.float64)
 
 
-def load_truth(
+def load_annotations(
     root: str | os.PathLike[str],
     removed_dir: str | os.PathLike[str] | None = None,
     full_dir: str | os.PathLike[str] | None = None,
-) -> EvalTruth:
-    """Read the evaluation truth of ``root``.
+) -> Annotations:
+    """Read the annotations of ``root`` (and the removed boxes and full truth, when there).
 
     ``removed_dir`` / ``full_dir`` default to ``root/removed-annotations`` and
     ``root/full-annotations`` when those folders exist. Unreadable images are left out and
@@ -57,7 +66,7 @@ def load_truth(
     for d, flag in ((removed_dir, "--removed"), (full_dir, "--full-annotations")):
         if d is not None and not d.is_dir():
             raise FileNotFoundError(f"{d}: {flag} folder does not exist")
-    out = EvalTruth({}, {} if removed_dir else None, {} if full_dir else None)
+    out = Annotations({}, {} if removed_dir else None, {} if full_dir else None)
     for record in load_records(root):
         try:
             sample = load_sample(record, verify_image=False)
@@ -66,11 +75,11 @@ def load_truth(
             continue
         out.problems.extend(sample.problems)
         name, attr, stem = record.name, record.attribute, Path(record.name).stem
-        out.truth[name] = Truth(attr, sample.boxes.astype(np.float64))
+        out.annotated[name] = ImageBoxes(attr, sample.boxes.astype(np.float64))
         if out.removed is not None:
             xml = removed_dir / f"{stem}.xml" if attr == "AP" else None
-            out.removed[name] = Truth(attr, _boxes_from(record, xml, out.problems))
-        if out.full is not None:
+            out.removed[name] = ImageBoxes(attr, _boxes_from(record, xml, out.problems))
+        if out.full_truth is not None:
             xml = full_dir / f"{stem}.xml" if attr == "AP" else None
-            out.full[name] = Truth(attr, _boxes_from(record, xml, out.problems))
+            out.full_truth[name] = ImageBoxes(attr, _boxes_from(record, xml, out.problems))
     return out

@@ -48,11 +48,10 @@ from pathodet.data.tiling import TileDataset, boxes_in_window
 from pathodet.data.voc import AnnotationError, read_voc
 from pathodet.model.boxes import box_iou
 from pathodet.model.config import InferenceConfig
-from pathodet.model.retinanet import postprocess
+from pathodet.model.retinanet import FrozenDetector
 from pathodet.purify.classifier import PUConfig, score, train_classifier
 from pathodet.purify.pool import PoolTile, pool_tiles, read_tile
 from pathodet.training.checkpoint import load_checkpoint, load_detector
-from pathodet.training.step import autocast
 
 SUMMARY = "purify.json"
 RANKING_COLUMNS = ("rank", "score", "selected", "source", "x", "y", "size", "attribute")
@@ -115,11 +114,10 @@ def pseudo_label(
     """Algorithm 1, step 3: ``(boxes (K, 4), scores (K,))`` per tile, teacher score >= tau."""
     model, _ = load_detector(teacher)
     infer = InferenceConfig(score_threshold=cfg.tau, nms_iou=PSEUDO_NMS_IOU)
+    frozen = FrozenDetector(model, "cpu", cfg.precision, infer)
     out = []
     for rgb in tiles:
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255.0)
-        with torch.no_grad(), autocast(cfg.precision, torch.device("cpu")):
-            det = postprocess(model(x), infer)[0]
+        det = frozen.detect(torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255.0))[0]
         out.append((det["boxes"].float().numpy(), det["scores"].float().numpy()))
     return out
 

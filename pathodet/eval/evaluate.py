@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 from pathodet.data.predictions import read_predictions
+from pathodet.eval.annotations import load_annotations
 from pathodet.eval.metrics import curve, evaluate, per_image
 from pathodet.eval.report import write_report
-from pathodet.eval.truth import load_truth
 
 
 def run_evaluate(
@@ -26,11 +26,11 @@ def run_evaluate(
     """
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"IoU threshold must be in (0, 1], got {iou_threshold}")
-    gt = load_truth(data, removed, full)
-    preds = read_predictions(predictions, images=gt.truth)  # an unknown image names its line
-    metrics = evaluate(preds, gt.truth, iou_threshold, gt.removed, gt.full)
+    gt = load_annotations(data, removed, full)
+    preds = read_predictions(predictions, images=gt.annotated)  # an unknown image names its line
+    metrics = evaluate(preds, gt.annotated, iou_threshold, gt.removed, gt.full_truth)
     metrics["problems"] = [p.as_dict() for p in gt.problems]
-    _, recall, nfp = curve(preds, gt.truth, iou_threshold)
-    write_report(Path(out), metrics, per_image(preds, gt.truth, iou_threshold), recall, nfp,
+    _, recall, nfp = curve(preds, gt.annotated, iou_threshold)
+    write_report(Path(out), metrics, per_image(preds, gt.annotated, iou_threshold), recall, nfp,
                  f"{predictions} on {data}")  # fmt: skip
     return metrics

@@ -54,17 +54,14 @@ from pathodet.demo.settings import (
     demo_config,
     step_seconds,
 )
+from pathodet.eval.annotations import load_annotations
+from pathodet.eval.evaluate import run_evaluate
 from pathodet.eval.matching import greedy_match
 from pathodet.eval.metrics import curve, operating_threshold
 from pathodet.eval.report import froc_png
-from pathodet.eval.run import run_evaluate
-from pathodet.eval.truth import load_truth
 from pathodet.eval.validation import tile_metrics
-from pathodet.predict.images import checkpoint_fingerprint, run_predict
-from pathodet.predict.plan import SlideSettings
-from pathodet.predict.slides import run_slides
-from pathodet.predict.windows import PredictSettings, retinanet_detector
-from pathodet.training.checkpoint import load_detector
+from pathodet.predict.config import PredictConfig, SlideConfig
+from pathodet.predict.pipeline import predict
 from pathodet.training.run_dir import LAST, can_resume
 from pathodet.training.train import train
 
@@ -185,10 +182,11 @@ def train_model(
     }
 
 
-def _settings(s: DemoSettings) -> PredictSettings:
-    return PredictSettings(
-        tile=s.tile, overlap=128, batch_size=2, precision=s.precision, nms_iou=s.nms_iou
-    )
+def _settings(s: DemoSettings, count_threshold: float = 0.5) -> PredictConfig:
+    return PredictConfig(
+        tile=s.tile, overlap=128, batch_size=2, precision=s.precision, nms_iou=s.nms_iou,
+        slides=SlideConfig(count_threshold=count_threshold),
+    )  # fmt: skip
 
 
 def evaluate_models(out: Path, s: DemoSettings, update: Callable[[int, int], None]) -> dict:
@@ -196,16 +194,16 @@ def evaluate_models(out: Path, s: DemoSettings, update: Callable[[int, int], Non
     test = out / "data" / "test"
     inputs = [test / POS_DIR, test / NEG_DIR]
     n = s.test_positive + s.test_negative
-    gt = load_truth(test)
+    gt = load_annotations(test)
     results, curves = {}, {}
     for k, loss in enumerate(LOSSES):
         pred = out / "predictions" / loss
-        run_predict(
-            out / "runs" / loss / LAST, inputs, pred, _settings(s),
-            progress=lambda d, _, k=k: update(k * n + d, len(LOSSES) * n),
+        predict(
+            _settings(s), out / "runs" / loss / LAST, inputs, pred,
+            progress=lambda _, d, __, k=k: update(k * n + d, len(LOSSES) * n),
         )  # fmt: skip
         metrics = run_evaluate(test, pred / "predictions.csv", pred / "eval", full=test / FULL_DIR)
-        thresholds, recall, nfp = curve(read_predictions(pred / "predictions.csv"), gt.truth)
+        thresholds, recall, nfp = curve(read_predictions(pred / "predictions.csv"), gt.annotated)
         curves[LOSSES[loss]] = (recall, nfp)
         metrics["threshold_at_1fp"] = operating_threshold(thresholds, nfp, 1.0)
         results[loss] = metrics
@@ -223,16 +221,12 @@ def slide_inference(out: Path, s: DemoSettings, threshold: float | None, update)
         write_synthetic_slide(slide, s.slide_width, s.slide_height, seed=s.seed,
                               tissue_fraction=0.5)  # fmt: skip
         atomic_write_text(stamp, json.dumps(params))
-    checkpoint = out / "runs" / "dghm" / LAST
-    model, _ = load_detector(checkpoint)
-    device = pick_device("auto", DistInfo())
-    detector = retinanet_detector(model.to(device), _settings(s), device)
     count = threshold if threshold is not None else 0.5
     pred = out / "predictions" / "dghm"
-    summary = run_slides(
-        detector, [slide], pred, _settings(s), SlideSettings(count_threshold=count),
-        checkpoint_fingerprint(checkpoint), progress=lambda _, d, t: update(d, t),
-    )  # fmt: skip
+    summary = predict(
+        _settings(s, count), out / "runs" / "dghm" / LAST, [slide], pred,
+        all_slides=True, progress=lambda _, d, t: update(d, t),
+    )["slides"]  # fmt: skip
     record = summary["slides"][0] if summary.get("slides") else {}
     if record.get("status") == "failed":
         return {"error": record.get("error", "unknown error"), "run": summary}

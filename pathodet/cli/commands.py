@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pathodet.cli.util import fail, progress_bar, slide_progress, user_errors
+from pathodet.cli.util import fail, user_errors
+from pathodet.core.progress import progress_bars
 from pathodet.training.config import load_config
 
 
@@ -122,59 +123,32 @@ def predict_cmd(
     Under ``torchrun --nproc_per_node N -m pathodet predict ...`` the slides, or with
     --split tiles the windows of each slide, are shared among the processes.
     """
-    from pathodet.core.dist import DistInfo, init_distributed, pick_device, shutdown
-    from pathodet.core.machine import resolve_precision
-    from pathodet.predict.images import (
-        checkpoint_fingerprint,
-        for_checkpoint,
-        list_images,
-        run_predict,
-    )
-    from pathodet.predict.plan import SlideSettings
-    from pathodet.predict.slides import run_slides, slide_inputs
-    from pathodet.predict.windows import PredictSettings, retinanet_detector
-    from pathodet.training.checkpoint import CheckpointError, load_detector
+    from pathodet.core.dist import env_dist_info
+    from pathodet.predict.config import PredictConfig, SlideConfig
+    from pathodet.predict.pipeline import predict
+    from pathodet.training.checkpoint import CheckpointError
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     if split not in ("slides", "tiles"):
         fail(f"--split must be slides or tiles, got {split!r}")
     with user_errors():
-        for item in inputs:
-            if not item.exists():
-                raise FileNotFoundError(f"{item}: no such file or folder")
-        slide_paths = slide_inputs(inputs, force=slides)
-        images = [] if slides else list_images(inputs, exclude=slide_paths)
-        dist = init_distributed(pick_device(device, DistInfo()))
-        dev = pick_device(device, dist)
-        precision = resolve_precision(precision, dev)
-        settings = PredictSettings(tile, overlap, batch_size, precision, score_threshold, nms_iou)  # type: ignore[arg-type]
-        summary: dict = {}
-        try:
-            if images and dist.is_main:  # images are not shared among ranks
-                with progress_bar("predict") as update:
-                    summary["images"] = run_predict(checkpoint, images, out, settings, overlays,
-                                                    workers, device, update)  # fmt: skip
-            if slide_paths:
-                model, cfg = load_detector(checkpoint)
-                settings = for_checkpoint(settings, cfg)
-                detector = retinanet_detector(model.to(dev), settings, dev)
-                if target_mpp is None:  # the pixel size the model learnt at
-                    target_mpp = (cfg.data.mpp or 0.25) / cfg.data.scale
-                slide_settings = SlideSettings(
-                    target_mpp=target_mpp, assumed_mpp=assumed_mpp,
-                    count_threshold=count_threshold, density_um=density_um, num_workers=workers,
-                )  # fmt: skip
-                with slide_progress(enabled=dist.is_main) as update:
-                    summary["slides"] = run_slides(
-                        detector, slide_paths, out, settings, slide_settings,
-                        checkpoint_fingerprint(checkpoint), dist, split, update,
-                    )  # fmt: skip
-        except CheckpointError as exc:
-            fail(str(exc))
-        finally:
-            shutdown()
-    if dist.is_main:
+        config = PredictConfig(
+            tile=tile, overlap=overlap, batch_size=batch_size, precision=precision,
+            score_threshold=score_threshold, nms_iou=nms_iou, num_workers=workers,
+            overlays=overlays, device=device,
+            slides=SlideConfig(target_mpp=target_mpp, assumed_mpp=assumed_mpp,
+                               count_threshold=count_threshold, density_um=density_um,
+                               split=split),
+        )  # fmt: skip
+        main = env_dist_info().is_main
+        with progress_bars(enabled=main) as update:
+            try:
+                summary = predict(config, checkpoint, inputs, out, all_slides=slides,
+                                  progress=update)  # fmt: skip
+            except CheckpointError as exc:
+                fail(str(exc))
+    if main:
         typer.echo(json.dumps(summary))
 
 
@@ -201,8 +175,8 @@ def evaluate_cmd(
 ) -> None:
     """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
     from pathodet.core.io import atomic_write_text
+    from pathodet.eval.evaluate import run_evaluate
     from pathodet.eval.report import cross_validation, cv_md
-    from pathodet.eval.run import run_evaluate
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
@@ -217,12 +191,12 @@ def evaluate_cmd(
         if data is None or (predictions is None) == (checkpoint is None):
             fail("give --data and one of --predictions CSV or --checkpoint CKPT (or --cv RUNS)")
         if checkpoint is not None:
-            from pathodet.predict.images import run_predict
-            from pathodet.predict.windows import PredictSettings
+            from pathodet.predict.config import PredictConfig
+            from pathodet.predict.pipeline import predict
 
-            with progress_bar("predict") as update:
-                run_predict(checkpoint, [data], out / "predictions",
-                            PredictSettings(precision=precision), progress=update)  # type: ignore[arg-type]  # fmt: skip
+            with progress_bars() as update:
+                predict(PredictConfig(precision=precision), checkpoint, [data],  # type: ignore[arg-type]
+                        out / "predictions", progress=update)  # fmt: skip
             predictions = out / "predictions" / "predictions.csv"
         metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "problems"}))
@@ -267,7 +241,7 @@ def purify_cmd(
     """PU data purification: rank pool tiles with a positive-unlabeled classifier, write the
     selected ones and (with --teacher) their pseudo-labels, for configs/pudet.yaml."""
     from pathodet.purify.classifier import PUConfig
-    from pathodet.purify.run import run_purify
+    from pathodet.purify.pipeline import run_purify
 
     with user_errors():
         cfg = PUConfig(tile=tile, stride=stride, steps=steps, prior=prior, select=select,
@@ -307,7 +281,7 @@ def cv_cmd(
     Resumable: run the same command again after an interruption.
     """
     from pathodet.eval.cv import run_cv
-    from pathodet.predict.windows import PredictSettings
+    from pathodet.predict.config import PredictConfig
 
     if group not in ("case", "slide"):
         fail(f"--group must be 'case' or 'slide', got {group!r}")
@@ -315,7 +289,7 @@ def cv_cmd(
         cfg = load_config(config, set_)
         target = out or Path("runs") / f"cv-{config.stem}"
         summary = run_cv(cfg, data, target, folds, seed, group,  # type: ignore[arg-type]
-                         PredictSettings(tile=tile, nms_iou=nms_iou), fold, lambda m: typer.echo(m, err=True),
+                         PredictConfig(tile=tile, nms_iou=nms_iou), fold, lambda m: typer.echo(m, err=True),
                          progress=not quiet)  # fmt: skip
     typer.echo((target / "cv.md").read_text())
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "folds"}))
