@@ -13,7 +13,7 @@ import torch
 from pathodet.data.augment import AugmentConfig, ColourView, ColourViewConfig, TileAugment
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.losses.config import LossConfig
-from pathodet.losses.criterion import detection_loss
+from pathodet.losses.criterion import Criterion, Targets, detection_loss
 from pathodet.losses.dghm import AP_N, AP_P, CLEAN, NOISY, NP_N, dghm_c_loss, dghm_groups
 from pathodet.model import build_retinanet
 from pathodet.model.assign import POSITIVE, assign_retinanet
@@ -127,9 +127,9 @@ def test_detection_loss_groups_positives_on_mined_boxes_as_the_setting_says():
     ap = torch.tensor([True, False])
     cfg = LossConfig(name="dghm")
     plain = detection_loss(out, boxes, ap, cfg)["cls"]
-    noisy = detection_loss(out, boxes, ap, cfg, mined=mined)["cls"]
+    noisy = detection_loss(out, boxes, ap, cfg, pseudo=mined)["cls"]
     clean = detection_loss(out, boxes, ap, cfg.model_copy(update={"dghm": cfg.dghm.model_copy(
-        update={"pseudo_group": "clean"})}), mined=mined)["cls"]  # fmt: skip
+        update={"pseudo_group": "clean"})}), pseudo=mined)["cls"]  # fmt: skip
     assert torch.allclose(clean, plain)  # 'clean': mined positives are ordinary positives
     # independent reference: label anchors, flag positives matched to box 1 of image 0
     logits, targets, ap_flat, flags = [], [], [], []
@@ -165,7 +165,8 @@ def test_pseudo_labels_carry_no_gradient_and_supervise_the_other_view():
     boxes, ap = [_t([[10, 10, 30, 30]]), _t([])], torch.tensor([True, True])
     loss_cfg = LossConfig(name="focal")
     co = CominingConfig(enabled=True, tau=0.0, theta1=0.3, max_candidates=6)
-    total, mined_o, mined_a = comining_losses(model, images, images_a, boxes, ap, loss_cfg, co)
+    total, mined_o, mined_a = comining_losses(model, Criterion(loss_cfg), images, images_a,
+                                              Targets(boxes, ap), co)  # fmt: skip
     assert all(m.shape[0] > 0 and not m.requires_grad for m in mined_o + mined_a)
     assert not all(torch.equal(x, y) for x, y in zip(mined_o, mined_a, strict=True))
     model.zero_grad()
@@ -177,8 +178,8 @@ def test_pseudo_labels_carry_no_gradient_and_supervise_the_other_view():
     out_o, out_a = split_views(model(torch.cat([images, images_a])), 2)
     c_o, f_o = complete_sets(boxes, [m.clone() for m in mined_a])
     c_a, f_a = complete_sets(boxes, [m.clone() for m in mined_o])
-    ref = detection_loss(out_o, c_o, ap, loss_cfg, mined=f_o)["loss"]
-    ref = ref + detection_loss(out_a, c_a, ap, loss_cfg, mined=f_a)["loss"]
+    ref = detection_loss(out_o, c_o, ap, loss_cfg, pseudo=f_o)["loss"]
+    ref = ref + detection_loss(out_a, c_a, ap, loss_cfg, pseudo=f_a)["loss"]
     assert torch.allclose(total["loss"], ref)
     swapped = detection_loss(out_o, complete_sets(boxes, mined_o)[0], ap, loss_cfg)["loss"]
     swapped = (

@@ -6,12 +6,14 @@ The network is not run: ``HeadOutputs`` are random tensors over the real anchors
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 
 from pathodet.losses import ce_loss, dghm_c_loss
-from pathodet.losses.config import LossConfig, SoftSamplingParams
-from pathodet.losses.criterion import CLASSIFICATION_LOSSES, detection_loss
+from pathodet.losses.config import LossConfig, LossName, SoftSamplingParams
+from pathodet.losses.criterion import detection_loss
 from pathodet.model.anchors import make_anchors
 from pathodet.model.assign import POSITIVE, assign_retinanet, assign_topn
 from pathodet.model.boxes import encode
@@ -20,7 +22,7 @@ from pathodet.model.retinanet import STRIDES, HeadOutputs
 
 SIZE = 128
 FEATURES = [(SIZE // s, SIZE // s) for s in (8, 16, 32, 64)] + [(1, 1)]
-ALL_NAMES = [*CLASSIFICATION_LOSSES, "cleanliness"]
+ALL_NAMES = list(typing.get_args(LossName))
 
 # image 0: AP with two boxes, image 1: NP, image 2: AP with one small box
 BOXES = [

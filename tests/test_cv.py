@@ -10,7 +10,7 @@ from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.demo.real import real_config
 from pathodet.eval.cv import run_cv, summarize_cv
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.config import PredictConfig
 
 TINY = ["train.epochs=1", "train.max_steps_per_epoch=1", "train.milestones=[1]",
         "train.val_tiles=2", "train.num_workers=0", "train.batch_size=2",
@@ -28,7 +28,7 @@ def root(tmp_path_factory):
 def test_cv_runs_every_fold_then_reuses_repredicts_or_refuses(root, tmp_path):
     cfg = real_config("dghm", extra=TINY)
     out = tmp_path / "cv"
-    settings = PredictSettings(nms_iou=0.3, score_threshold=0.0, max_per_image=20)
+    settings = PredictConfig(nms_iou=0.3, score_threshold=0.0, max_per_image=20)
     summary = run_cv(cfg, root, out, k=2, settings=settings, log=lambda _: None)
     assert [r["fold"] for r in summary["folds"]] == [0, 1]
     assert summary["froc"]["n"] == 2 and summary["steps"]["mean"] == 1
@@ -49,7 +49,7 @@ def test_cv_runs_every_fold_then_reuses_repredicts_or_refuses(root, tmp_path):
     assert (weights.stat().st_mtime_ns, (out / "fold-0" / "fold.json").read_text()) == before
 
     lines: list[str] = []  # other prediction settings: predicted again, not retrained
-    other = PredictSettings(nms_iou=0.5, score_threshold=0.0, max_per_image=20)
+    other = PredictConfig(nms_iou=0.5, score_threshold=0.0, max_per_image=20)
     again = run_cv(cfg, root, out, k=2, settings=other, only=[0], log=lines.append)
     assert weights.stat().st_mtime_ns == before[0]
     record = json.loads((out / "fold-0" / "fold.json").read_text())

@@ -128,7 +128,7 @@ def test_operating_threshold_matches_a_brute_force_search():
 
 def test_overall_progress_counts_planned_seconds():
     bar = DemoProgress([("a", "A", 10.0), ("b", "B", 20.0), ("c", "C", 10.0)], enabled=False)
-    overall = bar.bar.tasks[bar.overall]
+    overall = bar.bar.progress.tasks[bar.bar.tasks["whole demo"]]
     assert overall.total == 40
     bar.start("a", "steps")(3, 3)
     bar.finish("a")

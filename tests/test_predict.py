@@ -18,8 +18,10 @@ from pathodet.data.predictions import read_predictions, write_predictions
 from pathodet.data.synth import synthesize_image, write_synthetic_dataset
 from pathodet.data.tiling import window_starts
 from pathodet.eval.matching import iou_matrix
-from pathodet.predict.images import run_predict
-from pathodet.predict.windows import PredictSettings, core_bounds, detect_image
+from pathodet.model.retinanet import FrozenDetector
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.pipeline import predict
+from pathodet.predict.windows import core_bounds, detect_image
 from pathodet.training.checkpoint import load_detector
 from pathodet.training.config import load_config
 from pathodet.training.train import train
@@ -82,7 +84,7 @@ def squares_image(seed: int = 0, size: int = 2000, n: int = 150) -> tuple[np.nda
 def test_seams_leave_neither_duplicates_nor_partial_boxes(tile, overlap):
     """With overlap >= the largest cell, every cell comes out once, whole, at any tile size."""
     rgb, truth = squares_image()
-    got = detect_image(blob_detector, rgb, PredictSettings(tile=tile, overlap=overlap))
+    got = detect_image(blob_detector, rgb, PredictConfig(tile=tile, overlap=overlap))
     assert len(got.boxes) == len(truth)
     order = lambda b: b[np.lexsort((b[:, 1], b[:, 0]))]  # noqa: E731
     np.testing.assert_allclose(order(got.boxes), order(truth))
@@ -128,17 +130,23 @@ def _contained_pairs(boxes: np.ndarray) -> int:
     return int((np.triu(frac) > 0.6).sum())
 
 
+def frozen(model, config: PredictConfig):
+    """The production window detector of ``model`` at ``config``'s thresholds."""
+    inference = config.window_inference(model.cfg.inference)
+    return FrozenDetector(model, CPU, config.precision, inference).detect
+
+
 def test_same_boxes_whatever_the_tile_size(trained, big_image):
     model, _ = load_detector(trained)
     low = dict(score_threshold=0.001, precision="auto", max_per_image=5000)
-    whole = detect_image(model, big_image, PredictSettings(tile=2016, overlap=0, **low), CPU)
+    whole_cfg = PredictConfig(tile=2016, overlap=0, **low)
+    whole = detect_image(frozen(model, whole_cfg), big_image, whole_cfg)
     assert len(whole.scores) >= 200, "the detector should fire somewhere"
     t_hi = float(np.sort(whole.scores)[::-1][199])  # the 200 most confident detections
     t_lo = 0.7 * t_hi
     for tile, overlap in ((1024, 128), (512, 128)):
-        tiled = detect_image(
-            model, big_image, PredictSettings(tile=tile, overlap=overlap, **low), CPU
-        )
+        cfg = PredictConfig(tile=tile, overlap=overlap, **low)
+        tiled = detect_image(frozen(model, cfg), big_image, cfg)
         for a, b in ((whole, tiled), (tiled, whole)):
             strong = a.boxes[a.scores >= t_hi]
             other = b.boxes[b.scores >= t_lo]
@@ -160,8 +168,10 @@ def test_predict_writes_csv_xml_geojson_and_resumes(trained, tmp_path):
         atomic_write_image(imgs / f"case {i}.jpeg", synthesize_image(rng, 300, 400, "AP").rgb)
     (imgs / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "out"
-    settings = PredictSettings(tile=256, overlap=64, score_threshold=0.01)
-    s = run_predict(trained, [imgs], out, settings, overlays=True, num_workers=1)
+    settings = PredictConfig(tile=256, overlap=64, score_threshold=0.01)
+    s = predict(
+        settings.model_copy(update={"overlays": True, "num_workers": 1}), trained, [imgs], out
+    )["images"]
     assert s["images"] == 2 and s["problems"] == 1 and s["skipped"] == 0
     problems = json.loads((out / "problems.json").read_text())
     assert problems[0]["file"] == "broken.jpeg" and "broken.jpeg" in problems[0]["error"]
@@ -185,7 +195,7 @@ def test_predict_writes_csv_xml_geojson_and_resumes(trained, tmp_path):
         assert (out / "overlays" / f"case {i}.png").is_file()
     # same settings again: every readable image is skipped, the CSV is the same
     before = (out / "predictions.csv").read_text()
-    again = run_predict(trained, [imgs], out, settings, num_workers=0)
+    again = predict(settings.model_copy(update={"num_workers": 0}), trained, [imgs], out)["images"]
     assert again["skipped"] == 2 and (out / "predictions.csv").read_text() == before
 
 
@@ -227,7 +237,7 @@ def test_boxes_clipped_to_a_sliver_at_the_image_edge_are_dropped(tmp_path):
         return [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7])} for _ in images]
 
     rgb = np.zeros((h, w, 3), np.uint8)
-    got = detect_image(edge_detector, rgb, PredictSettings(tile=128, overlap=0))
+    got = detect_image(edge_detector, rgb, PredictConfig(tile=128, overlap=0))
     np.testing.assert_allclose(
         got.boxes, [[50.0, h - 7.0, 80.0, h], [90.0, 10.0, w, 40.0]], atol=1e-5
     )
@@ -250,7 +260,7 @@ def test_detection_at_half_scale_returns_boxes_in_the_images_pixels():
         seen.append(images.shape[-1])
         return blob_detector(images)
 
-    got = detect_image(recording, rgb, PredictSettings(tile=1024, overlap=0, scale=0.5))
+    got = detect_image(recording, rgb, PredictConfig(tile=1024, overlap=0, scale=0.5))
     assert seen == [1024]  # one padded window of the 1000 px image, not four of 2000
     order = lambda b: b[np.lexsort((b[:, 1], b[:, 0]))]  # noqa: E731
     np.testing.assert_allclose(order(got.boxes), order(truth.astype(float)))

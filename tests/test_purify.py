@@ -20,6 +20,7 @@ from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import boxes_in_window, tile_grid
 from pathodet.data.voc import read_voc
 from pathodet.losses.config import LossConfig
+from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model.config import AssignConfig
 from pathodet.purify.classifier import PUConfig, estimate_prior
 from pathodet.purify.pipeline import run_purify
@@ -235,8 +236,8 @@ def test_distillation_terms_vanish_when_the_student_is_the_teacher(world):
     images = torch.rand(2, 3, 128, 128)
     boxes = [torch.tensor([[20.0, 20.0, 60.0, 60.0]]), torch.zeros((0, 4))]
     ap = torch.tensor([True, False])
-    out = distill_losses(student, d, images, boxes, ap, None, LossConfig(name="dghm"),
-                         AssignConfig())  # fmt: skip
+    out = distill_losses(student, d, Criterion(LossConfig(name="dghm"), AssignConfig()), images,
+                         Targets(boxes, ap))  # fmt: skip
     assert float(out["hint"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["kdc"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["kdr"]) == pytest.approx(0.0, abs=1e-6)
@@ -245,8 +246,8 @@ def test_distillation_terms_vanish_when_the_student_is_the_teacher(world):
     with torch.no_grad():
         for p in student.head.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    out = distill_losses(student, d, images, boxes, ap, None, LossConfig(name="dghm"),
-                         AssignConfig())  # fmt: skip
+    out = distill_losses(student, d, Criterion(LossConfig(name="dghm"), AssignConfig()), images,
+                         Targets(boxes, ap))  # fmt: skip
     assert float(out["kdc"]) > 0 and float(out["kdr"]) > 0
 
 

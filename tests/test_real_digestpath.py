@@ -133,8 +133,8 @@ def test_reader_counts_and_sizes_of_real_images(tmp_path):
 def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     from pathodet.demo.real import real_config
     from pathodet.eval.evaluate import run_evaluate
-    from pathodet.predict.images import run_predict
-    from pathodet.predict.windows import PredictSettings
+    from pathodet.predict.config import PredictConfig
+    from pathodet.predict.pipeline import predict
     from pathodet.training.train import train
 
     manifest = _four(tmp_path)
@@ -153,8 +153,8 @@ def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
     held = [line.split(",")[0] for line in manifest.read_text().splitlines()[1:]]
     images = [manifest.parent / p for p in held]
     out = tmp_path / "pred"
-    result = run_predict(tmp_path / "run" / "last.pt", images, out,
-                         PredictSettings(tile=1024, score_threshold=0.0, max_per_image=50))  # fmt: skip
+    result = predict(PredictConfig(tile=1024, score_threshold=0.0, max_per_image=50),
+                     tmp_path / "run" / "last.pt", images, out)["images"]  # fmt: skip
     assert result["images"] == 4 and result["problems"] == 0
     fingerprint = json.loads((out / "predict.json").read_text())["settings"]
     assert fingerprint["scale"] == 0.5  # the checkpoint's pixel size, recorded

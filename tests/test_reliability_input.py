@@ -31,8 +31,8 @@ from pathodet.data.samples import (
 )
 from pathodet.data.tiling import TileDataset
 from pathodet.data.voc import AnnotationError, read_voc
-from pathodet.predict.images import run_predict
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.pipeline import predict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -431,8 +431,10 @@ def test_batch_with_one_good_image_and_every_bad_one(checkpoint, tmp_path, monke
     (imgs / "good.jpeg").write_bytes(image_bytes(96, 80, seed=3))
     bad = _bad_files(imgs)
     out = tmp_path / "out"
-    settings = PredictSettings(tile=64, overlap=16, score_threshold=0.0, max_per_image=5)
-    s = run_predict(checkpoint, [imgs], out, settings, overlays=True, num_workers=1)
+    settings = PredictConfig(tile=64, overlap=16, score_threshold=0.0, max_per_image=5)
+    s = predict(
+        settings.model_copy(update={"overlays": True, "num_workers": 1}), checkpoint, [imgs], out
+    )["images"]
     assert s["images"] == 1 and s["problems"] == len(bad) and s["skipped"] == 0
     problems = {p["file"]: p["error"] for p in json.loads((out / "problems.json").read_text())}
     assert set(problems) == set(bad)
@@ -462,8 +464,8 @@ def test_batch_of_convertible_images_including_1x1(checkpoint, tmp_path):
     (imgs / "gray16.png").write_bytes(encoded(rgb[..., 1].astype(np.uint16) * 257, "PNG"))
     (imgs / "dot.png").write_bytes(encoded(np.array([[[1, 2, 3]]], np.uint8), "PNG"))
     out = tmp_path / "out"
-    settings = PredictSettings(tile=64, overlap=16, score_threshold=0.0, max_per_image=3)
-    s = run_predict(checkpoint, [imgs], out, settings, num_workers=0)
+    settings = PredictConfig(tile=64, overlap=16, score_threshold=0.0, max_per_image=3)
+    s = predict(settings.model_copy(update={"num_workers": 0}), checkpoint, [imgs], out)["images"]
     assert s["problems"] == 0 and s["images"] == 6
     assert json.loads((out / "problems.json").read_text()) == []
     for name in ("png-as", "rgba", "gray", "cmyk", "gray16"):

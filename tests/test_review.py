@@ -47,7 +47,7 @@ from pathodet.review.slideview import SlideViewer
 from pathodet.review.store import Decision, ReviewStore, StoreError, cell_key
 from pathodet.review.view import COLOURS, Layer, box_at, draw, fit_width
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "review.py"
+APP = Path(__file__).resolve().parents[1] / "pathodet" / "review" / "app.py"
 POS, NEG = "sig-train-pos", "sig-train-neg"
 RUN = "run-a"
 BOX = (10.0, 20.0, 40.0, 50.0)

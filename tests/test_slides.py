@@ -29,19 +29,27 @@ from typer.testing import CliRunner
 from pathodet.data.geojson import read_geojson
 from pathodet.data.predictions import read_predictions
 from pathodet.data.synth.slide import LAYOUT_CELL, SyntheticSlide, truth_path, write_synthetic_slide
-from pathodet.predict.plan import SlidePlan, SlideSettings
+from pathodet.predict.config import PredictConfig, SlideConfig
+from pathodet.predict.pipeline import predict
+from pathodet.predict.plan import SlidePlan
 from pathodet.predict.reader import Slide, SlideError, is_slide_file
 from pathodet.predict.slide_report import density_grid, slide_summary
-from pathodet.predict.slide_windows import merge
-from pathodet.predict.slides import NoTissue, run_slides, slide_inputs, survey
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.slides import NoTissue, slide_inputs, survey
+from pathodet.predict.windows import merge
 
 TILE, OVERLAP = 512, 64
-PREDICT = PredictSettings(tile=TILE, overlap=OVERLAP, batch_size=8)
-FAST = SlideSettings(num_workers=0)  # windows read in the test process
+SLIDE = SlideConfig(target_mpp=0.25)
+# windows read in the test process (num_workers=0)
+PREDICT = PredictConfig(tile=TILE, overlap=OVERLAP, batch_size=8, num_workers=0, slides=SLIDE)
 OUTPUTS = ("detections.csv", "detections.geojson", "heatmap.png", "tissue.png", "summary.json")
 
 # ---------------------------------------------------------------- helpers
+
+
+def run_slides(detector, slides, out, config=PREDICT, model_id=None, progress=None) -> dict:
+    """The slide path of ``pathodet predict`` with a test detector: the run summary."""
+    return predict(config, None, slides, out, detector=detector, model_id=model_id or {},
+                   all_slides=True, progress=progress)["slides"]  # fmt: skip
 
 
 def grid_starts(length: int, side: int, stride: int) -> list[int]:
@@ -323,7 +331,7 @@ def test_tissue_mask_matches_the_synthetic_layout(name, request):
     """Seen: 0.0% of true glass marked, 96-100% of true tissue covered (6 seeds x 2 fractions;
     the misses are pale lumens at fragment edges)."""
     slide: SyntheticSlide = request.getfixturevalue(name)
-    _, _, plan = survey(slide.path, FAST, TILE, OVERLAP)
+    _, _, plan = survey(slide.path, SLIDE, TILE, OVERLAP)
     assert plan.mask_downsample == pytest.approx(8.0 / 0.25)
     assert plan.mask.shape == (3072 // 32, 4096 // 32)
     cover = resample_cover(slide.tissue, plan.mask.shape, plan.mask_downsample)
@@ -339,9 +347,9 @@ def test_blank_image_has_no_tissue(tmp_path):
     white = tmp_path / "white.png"
     cv2.imwrite(str(white), np.full((1200, 1600, 3), 255, np.uint8))
     with pytest.raises(NoTissue, match="white.png"):
-        survey(white, FAST, TILE, OVERLAP)
+        survey(white, SLIDE, TILE, OVERLAP)
     det = FixedBoxes()
-    got = run_slides(det, [white], tmp_path / "out", PREDICT, FAST, {"m": 1})
+    got = run_slides(det, [white], tmp_path / "out", PREDICT, {"m": 1})
     assert got["done"] == 0 and got["failed"] == 1
     assert "no tissue" in got["slides"][0]["error"] and "white.png" in got["slides"][0]["error"]
     assert det.calls == 0
@@ -355,7 +363,7 @@ def test_blank_image_has_no_tissue(tmp_path):
 def test_windows_are_exactly_those_touching_tissue(name, request):
     fix = request.getfixturevalue(name)
     path = fix if isinstance(fix, Path) else fix.path
-    info, _, plan = survey(path, FAST, TILE, OVERLAP)
+    info, _, plan = survey(path, SLIDE, TILE, OVERLAP)
     mask, mds = plan.mask, plan.mask_downsample
     assert mds == int(mds)
     mds = int(mds)
@@ -386,7 +394,7 @@ def test_windows_are_exactly_those_touching_tissue(name, request):
 
 def test_window_count_follows_tissue_not_slide_area(main, sparse, glassy):
     """Seen: main 46 of 63 windows, sparse 21 of 63, glassy (same tissue) 48 of 154."""
-    plans = {k: survey(p, FAST, TILE, OVERLAP)[2]
+    plans = {k: survey(p, SLIDE, TILE, OVERLAP)[2]
              for k, p in (("main", main.path), ("sparse", sparse.path), ("glassy", glassy))}  # fmt: skip
     n = {k: len(p.windows) for k, p in plans.items()}
     tissue = {k: float(p.mask.sum()) for k, p in plans.items()}
@@ -428,7 +436,7 @@ def test_boxes_land_at_their_level0_positions(case, request, tmp_path):
     read, ov = round(TILE / r), round(OVERLAP / r)
     fix = request.getfixturevalue(name)
     path = fix if isinstance(fix, Path) else fix.path
-    settings = SlideSettings(num_workers=0, assumed_mpp=assumed)
+    settings = SlideConfig(target_mpp=0.25, assumed_mpp=assumed)
     info, _, plan = survey(path, settings, TILE, OVERLAP)
     assert (plan.level, plan.downsample, plan.read) == (level, ds, read)
     lw, lh = info.level_dimensions[level]
@@ -454,7 +462,8 @@ def test_boxes_land_at_their_level0_positions(case, request, tmp_path):
     det = FixedBoxes()
     out = tmp_path / "out"
     seen: list[tuple[str, int, int]] = []
-    summary = run_slides(det, [path], out, PREDICT, settings, {"model": case},
+    summary = run_slides(det, [path], out, PREDICT.model_copy(update={"slides": settings}),
+                         {"model": case},
                          progress=lambda *a: seen.append(a))  # fmt: skip
     assert summary["done"] == 1 and summary["failed"] == 0
     assert seen[-1] == (path.name, len(plan.windows), len(plan.windows))
@@ -490,8 +499,8 @@ def test_boxes_stay_inside_the_slide(tmp_path):
         boxes = torch.tensor([inside, straddling, beyond], dtype=torch.float32)
         return [{"boxes": boxes, "scores": torch.tensor([0.7, 0.9, 0.8])} for _ in images]
 
-    wide = PredictSettings(tile=1024, overlap=128)  # one window, 256 rows past the slide
-    summary = run_slides(detector, [slide.path], tmp_path / "out", wide, FAST, {"m": 1})
+    wide = PREDICT.model_copy(update={"tile": 1024, "overlap": 128})  # 1 window, 256 rows past
+    summary = run_slides(detector, [slide.path], tmp_path / "out", wide, {"m": 1})
     assert summary["done"] == 1
     got = read_predictions(tmp_path / "out/slides/small/detections.csv")["small.tiff"]
     assert [100, 100, 140, 140] in got.boxes.tolist()
@@ -549,8 +558,9 @@ def test_dark_squares_found_once_each_across_window_borders(kind, squares, folde
         for s in grid_starts(4096, TILE, TILE - OVERLAP)[1:]:
             straddle += b[0] < s + OVERLAP and b[2] > s
     assert straddle >= 20 and len(truth) >= 120
-    settings = SlideSettings(num_workers=1 if kind == "tiff" else 0)  # workers read the tiles
-    summary = run_slides(blob_detector, [path], tmp_path, PREDICT, settings, {"m": kind})
+    workers = 1 if kind == "tiff" else 0  # workers read the tiles
+    config = PREDICT.model_copy(update={"num_workers": workers})
+    summary = run_slides(blob_detector, [path], tmp_path, config, {"m": kind})
     assert summary["done"] == 1, summary
     got = read_predictions(tmp_path / "slides" / path.stem / "detections.csv")[path.name]
     np.testing.assert_array_equal(
@@ -600,7 +610,7 @@ def test_bad_slides_are_reported_and_skipped(main, blank, tmp_path):
     shutil.copy(main.path, good)
     out = tmp_path / "out"
     det = FixedBoxes()
-    summary = run_slides(det, [trunc, garbage, blank, good], out, PREDICT, FAST, {"m": 1})
+    summary = run_slides(det, [trunc, garbage, blank, good], out, PREDICT, {"m": 1})
     assert (summary["done"], summary["failed"]) == (1, 3)
     assert json.loads((out / "slides.json").read_text()) == summary
     recs = {r["slide"]: r for r in summary["slides"]}
@@ -612,7 +622,7 @@ def test_bad_slides_are_reported_and_skipped(main, blank, tmp_path):
     assert all((out / "slides/good" / f).is_file() for f in OUTPUTS)
     for p in (trunc, garbage, blank):
         assert not (out / "slides" / p.stem / "summary.json").exists()
-    n_good = len(survey(good, FAST, TILE, OVERLAP)[2].windows)
+    n_good = len(survey(good, SLIDE, TILE, OVERLAP)[2].windows)
     assert det.windows == n_good, "only the good slide's windows reached the detector"
 
 
@@ -622,24 +632,23 @@ def test_bad_slides_are_reported_and_skipped(main, blank, tmp_path):
 def test_resume_skips_done_slides_and_recomputes_on_a_new_fingerprint(deep, tmp_path):
     det = FixedBoxes()
     out = tmp_path / "out"
-    first = run_slides(det, [deep.path], out, PREDICT, FAST, {"model": "a"})
+    first = run_slides(det, [deep.path], out, PREDICT, {"model": "a"})
     assert first["slides"][0]["status"] == "done"
     calls = det.calls
     assert calls > 0
     csv = (out / "slides/deep/detections.csv").read_text()
-    again = run_slides(det, [deep.path], out, PREDICT, FAST, {"model": "a"})
+    again = run_slides(det, [deep.path], out, PREDICT, {"model": "a"})
     assert again["slides"][0]["status"] == "resumed" and again["done"] == 1
     assert det.calls == calls, "a resumed slide is not detected again"
-    other = run_slides(det, [deep.path], out, PREDICT, FAST, {"model": "b"})
+    other = run_slides(det, [deep.path], out, PREDICT, {"model": "b"})
     assert other["slides"][0]["status"] == "done"
     assert det.calls == 2 * calls
     assert json.loads((out / "slides/deep/summary.json").read_text())["fingerprint"]["model"] == "b"
     assert (out / "slides/deep/detections.csv").read_text() == csv
     # other settings are part of the fingerprint too
-    stricter = PredictSettings(tile=TILE, overlap=OVERLAP, batch_size=8, nms_iou=0.3)
+    stricter = PREDICT.model_copy(update={"nms_iou": 0.3})
     assert (
-        run_slides(det, [deep.path], out, stricter, FAST, {"model": "b"})["slides"][0]["status"]
-        == "done"
+        run_slides(det, [deep.path], out, stricter, {"model": "b"})["slides"][0]["status"] == "done"
     )
     assert det.calls == 3 * calls
 

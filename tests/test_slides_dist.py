@@ -20,13 +20,12 @@ import torch
 
 from pathodet.data.predictions import read_predictions
 from pathodet.data.synth.slide import write_synthetic_slide
-from pathodet.predict.plan import SlideSettings
-from pathodet.predict.slides import run_slides
-from pathodet.predict.windows import PredictSettings
+from pathodet.predict.config import PredictConfig, SlideConfig
+from pathodet.predict.pipeline import predict
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = PredictSettings(tile=512, overlap=64, batch_size=2)
-SLIDE_SETTINGS = SlideSettings(num_workers=0, count_threshold=0.3)
+SLIDE_SETTINGS = SlideConfig(target_mpp=0.25, count_threshold=0.3)
+SETTINGS = PredictConfig(tile=512, overlap=64, batch_size=2, num_workers=0, slides=SLIDE_SETTINGS)
 
 
 def nuclei_detector(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -51,8 +50,11 @@ def worker(out: str, split: str, *slides: str) -> None:  # runs under torchrun
 
     torch.set_num_threads(1)
     dist = init_distributed(torch.device("cpu"))
-    run_slides(nuclei_detector, [Path(s) for s in slides], Path(out), SETTINGS, SLIDE_SETTINGS,
-               {"test": 1}, dist, split)  # fmt: skip
+    config = SETTINGS.model_copy(
+        update={"slides": SLIDE_SETTINGS.model_copy(update={"split": split})}
+    )
+    predict(config, None, [Path(s) for s in slides], Path(out), detector=nuclei_detector,
+            model_id={"test": 1}, all_slides=True, dist=dist)  # fmt: skip
     shutdown()
 
 
@@ -70,7 +72,8 @@ def slides(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def single(slides, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single")
-    summary = run_slides(nuclei_detector, slides, out, SETTINGS, SLIDE_SETTINGS, {"test": 1})
+    summary = predict(SETTINGS, None, slides, out, detector=nuclei_detector, model_id={"test": 1},
+                      all_slides=True)["slides"]  # fmt: skip
     assert summary["done"] == len(slides), summary
     return out
 
@@ -112,12 +115,13 @@ def test_two_processes_equal_one(slides, single, tmp_path, split):
 def test_merge_removes_the_seam_duplicates(slides, single):
     """Guard: without the slide-wide merge, windows' overlaps would report cells twice, so the
     equality above is not trivially met by per-rank output."""
-    from pathodet.predict.slide_windows import detect_windows, merge
-    from pathodet.predict.slides import survey
+    from pathodet.predict.slides import slide_batches, survey
+    from pathodet.predict.windows import detect_windows, merge
 
     _, _, plan = survey(slides[0], SLIDE_SETTINGS, SETTINGS.tile, SETTINGS.overlap)
-    boxes, scores = detect_windows(nuclei_detector, slides[0], plan, range(len(plan.windows)),
-                                   SETTINGS.batch_size, 0)  # fmt: skip
+    batches = slide_batches(slides[0], plan, range(len(plan.windows)), SLIDE_SETTINGS,
+                            SETTINGS.batch_size, 0)  # fmt: skip
+    boxes, scores = detect_windows(nuclei_detector, batches, plan)
     keep = merge(boxes, scores, SETTINGS.nms_iou)
     assert len(keep) < len(boxes)
     assert len(keep) == len(_detections(single, slides[0]))

@@ -16,7 +16,7 @@ import yaml
 
 from pathodet.data.digestpath import DatasetError
 from pathodet.data.synth import write_synthetic_dataset
-from pathodet.training import step as step_mod
+from pathodet.losses.criterion import Criterion
 from pathodet.training import train as train_mod
 from pathodet.training.checkpoint import CheckpointError, load_checkpoint, load_detector
 from pathodet.training.config import ConfigError, TrainConfig, load_config
@@ -240,17 +240,17 @@ POISONS = {
 def test_divergence_stops_at_the_step_and_keeps_last_good_checkpoint(
     message, data, tmp_path, monkeypatch
 ):
-    real = step_mod.detection_loss
+    real = Criterion.__call__
     calls = {"n": 0}
 
-    def poisoned(outputs, *args, **kwargs):
-        out = real(outputs, *args, **kwargs)
+    def poisoned(self, outputs, *args, **kwargs):
+        out = real(self, outputs, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
             out["loss"] = POISONS[message](outputs, out["loss"])
         return out
 
-    monkeypatch.setattr(step_mod, "detection_loss", poisoned)
+    monkeypatch.setattr(Criterion, "__call__", poisoned)
     cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
     with pytest.raises(TrainingDiverged, match=rf"step 3 \(epoch 1\): {message}"):
         train(cfg, tmp_path / "run", progress=False, log=lambda m: None)

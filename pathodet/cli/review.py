@@ -16,11 +16,11 @@ from pathodet.cli.util import fail, user_errors
 review_app = typer.Typer(help="The pathologists' review app and the export of its decisions.")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-APP_FILE = Path(__file__).resolve().parents[1] / "apps" / "review.py"
+APP_FILE = Path(__file__).resolve().parents[1] / "review" / "app.py"  # inside the package
 
 
 def review_env(data: Path | None, predictions: Path, db: Path) -> dict[str, str]:
-    """The environment that tells ``apps/review.py`` what to serve (absolute paths)."""
+    """The environment that tells the review app what to serve (absolute paths)."""
     env = {"PATHODET_REVIEW_PREDICTIONS": str(predictions.resolve()),
            "PATHODET_REVIEW_DB": str(db.resolve())}  # fmt: skip
     if data is not None:
