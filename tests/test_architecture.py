@@ -83,7 +83,9 @@ def _modules() -> dict[str, Path]:
 def test_every_package_is_a_known_stage():
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert packages == set(STAGES), "add the new package to STAGES (and docs/architecture.md)"
-    assert not [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert not [
+        p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    ]
 
 
 def test_no_module_imports_a_later_stage():

@@ -84,7 +84,7 @@ def solid_rgb(h: int = 16, w: int = 16) -> np.ndarray:
 
 
 def tiny_checkpoint(path: Path) -> Path:
-    """An untrained detector in a checkpoint: what ``run_predict`` needs, boxes irrelevant."""
+    """An untrained detector in a checkpoint: what ``predict`` needs, boxes irrelevant."""
     from pathodet.model.config import ModelConfig
     from pathodet.model.retinanet import SRCRetinaNet
     from pathodet.training.checkpoint import save_checkpoint

@@ -643,7 +643,7 @@ def test_resume_skips_done_slides_and_recomputes_on_a_new_fingerprint(deep, tmp_
     other = run_slides(det, [deep.path], out, PREDICT, {"model": "b"})
     assert other["slides"][0]["status"] == "done"
     assert det.calls == 2 * calls
-    assert json.loads((out / "slides/deep/summary.json").read_text())["fingerprint"]["model"] == "b"
+    assert json.loads((out / "slides/deep/summary.json").read_text())["fingerprint"]["model"] == {"model": "b"}
     assert (out / "slides/deep/detections.csv").read_text() == csv
     # other settings are part of the fingerprint too
     stricter = PREDICT.model_copy(update={"nms_iou": 0.3})

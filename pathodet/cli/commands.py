@@ -33,8 +33,7 @@ def train_cmd(
     from pathodet.core.dist import env_dist_info
     from pathodet.eval.validation import tile_metrics
     from pathodet.training.checkpoint import CheckpointError
-    from pathodet.training.config import parse_overrides
-    from pathodet.training.run_dir import CONFIG_FILE, RESUMABLE_KEYS
+    from pathodet.training.run_dir import resume_config
     from pathodet.training.train import RunExists, TrainingDiverged, train
 
     with user_errors():
@@ -42,13 +41,7 @@ def train_cmd(
             if config is not None or out is not None:
                 fail("--resume DIR continues the run in DIR with its own config: "
                       "give neither CONFIG nor --out")  # fmt: skip
-            bad = [k for k, _ in parse_overrides(set_) if k not in RESUMABLE_KEYS]
-            if bad:
-                fail(f"--resume: {', '.join(bad)} cannot change in a resumed run "
-                      f"(allowed: {', '.join(sorted(RESUMABLE_KEYS))})")  # fmt: skip
-            if not (resume / "last.pt").is_file():
-                fail(f"{resume}: no last.pt to resume from")
-            cfg = load_config(resume / CONFIG_FILE, set_)
+            cfg = resume_config(resume, set_)
             run_dir = resume
         else:
             if config is None:
@@ -174,19 +167,14 @@ def evaluate_cmd(
     ] = "auto",
 ) -> None:
     """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
-    from pathodet.core.io import atomic_write_text
     from pathodet.eval.evaluate import run_evaluate
-    from pathodet.eval.report import cross_validation, cv_md
+    from pathodet.eval.report import write_cross_validation
 
     if precision not in ("auto", "fp32", "bf16"):
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     with user_errors():
         if cv:
-            summary = cross_validation(cv)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "cv.json", json.dumps(summary, indent=2))
-            atomic_write_text(out / "cv.md", cv_md(summary))
-            typer.echo(json.dumps(summary))
+            typer.echo(json.dumps(write_cross_validation(cv, out)))
             return
         if data is None or (predictions is None) == (checkpoint is None):
             fail("give --data and one of --predictions CSV or --checkpoint CKPT (or --cv RUNS)")

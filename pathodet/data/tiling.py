@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
+from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import Attribute
+from pathodet.data.overlay import draw_boxes
 from pathodet.data.samples import Sample, read_image, rescale_image
 
 
@@ -191,3 +194,18 @@ class TileDataset:
             "name": sample.record.name,
             "window": np.asarray(ref.window, np.int64),
         }
+
+
+def save_tiles(tiles: TileDataset, out: Path, count: int) -> int:
+    """Write ``count`` tiles spread evenly over ``tiles`` to ``out`` as PNG, annotated boxes
+    drawn in green, named ``<image>-x<X>-y<Y>-<AP|NP>.png`` (window origin in the image's
+    detector pixels); returns the number of boxes drawn."""
+    n_boxes = 0
+    step = max(1, len(tiles) // max(count, 1))
+    for k in range(0, len(tiles), step)[:count]:
+        item = tiles[k]
+        n_boxes += len(item["boxes"])
+        x1, y1 = item["window"][:2]
+        name = f"{Path(item['name']).stem}-x{x1}-y{y1}-{item['attribute']}.png"
+        atomic_write_image(out / name, draw_boxes(item["image"], item["boxes"], (0, 200, 0)))
+    return n_boxes

@@ -116,3 +116,13 @@ def cv_md(summary: dict) -> str:
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     row = "| " + " | ".join(f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in keys)
     return f"# Cross-validation over {len(summary['runs'])} runs\n\n" + head + row + " |\n"
+
+
+def write_cross_validation(runs: Sequence[Path], out: Path) -> dict:
+    """Aggregate fold evaluation folders (:func:`cross_validation`) into ``out/cv.json``
+    and ``out/cv.md``; returns the summary."""
+    summary = cross_validation(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "cv.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "cv.md", cv_md(summary))
+    return summary

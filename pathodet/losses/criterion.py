@@ -250,9 +250,10 @@ def detection_loss(
     ghm_acc_sum: Tensor | None = None,
     pseudo: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """One call of a fresh :class:`Criterion` (tests and one-off use; ``ghm_acc_sum`` is
-    updated in place when given)."""
-    criterion = Criterion(cfg, assign, reduce, ghm_acc_sum)
+    """One call of a fresh :class:`Criterion` (tests and one-off use). GHM-C with momentum
+    needs the caller's ``ghm_acc_sum`` (updated in place): a one-off buffer would forget."""
+    criterion = Criterion(cfg, assign, reduce)
+    criterion.ghm_acc_sum = ghm_acc_sum
     return criterion(outputs, Targets(boxes, is_ap, pseudo, prior_scores))
 
 

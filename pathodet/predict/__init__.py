@@ -1,9 +1,16 @@
-"""Whole slides: reading (OpenSlide), tissue detection, windowed detection, slide reports.
+"""Prediction: a checkpoint over images and whole slides (``pathodet predict``).
 
-Stages, each a module: :mod:`~pathodet.predict.reader` opens a slide,
-:mod:`~pathodet.predict.tissue` finds the tissue on an overview, :mod:`~pathodet.predict.plan`
-lays the detector's windows over it, :mod:`~pathodet.predict.slide_windows` streams the windows
-through a detector and merges in level-0 pixels, :mod:`~pathodet.predict.slide_report` turns the
-detections into density and pictures, and :mod:`~pathodet.predict.slides` drives it all for
-``pathodet predict`` (with torchrun sharing).
+:func:`~pathodet.predict.pipeline.predict` is the one entry. It reads
+:class:`~pathodet.predict.config.PredictConfig` and sends every input through one path in
+:mod:`~pathodet.predict.windows`: lay the windows, detect, keep each window's core, merge.
+Plain images are decoded whole (:mod:`~pathodet.predict.images`). Slides are opened with
+OpenSlide (:mod:`~pathodet.predict.reader`); their tissue is found on an overview
+(:mod:`~pathodet.predict.tissue`), the windows are laid over it
+(:mod:`~pathodet.predict.plan`) and read one by one (:mod:`~pathodet.predict.slides`).
+Each slide's report is drawn by :mod:`~pathodet.predict.slide_report`.
 """
+
+from pathodet.predict.config import PredictConfig, SlideConfig, TissueConfig
+from pathodet.predict.pipeline import predict
+
+__all__ = ["PredictConfig", "SlideConfig", "TissueConfig", "predict"]

@@ -82,7 +82,7 @@ OUT_FOLDERS = ("xml", "geojson", "overlays")
 
 def remove_temp_files(out: Path) -> None:
     """Delete the temporary files (``.NAME.*.tmp``) that a run killed mid-write left in the
-    files and folders :func:`run_predict` writes."""
+    files and folders the image path of :func:`~pathodet.predict.pipeline.predict` writes."""
     patterns = [f".{name}.*.tmp" for name in OUT_FILES] + [f"{d}/.*.tmp" for d in OUT_FOLDERS]
     remove_stale_temps(out, patterns)
 

@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from pathodet.core.io import atomic_write_text
 from pathodet.training.checkpoint import CheckpointError
-from pathodet.training.config import Config, same_config
+from pathodet.training.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_overrides,
+    same_config,
+)
 
 CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 
@@ -88,3 +94,20 @@ def can_resume(run_dir: Path, cfg: Config) -> bool:
 def save_run_config(cfg: Config, run_dir: Path) -> None:
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     atomic_write_text(run_dir / CONFIG_FILE, text)
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config to continue the run in ``run_dir`` with: its own ``config.yaml`` plus
+    ``overrides`` (``key=value``), which may only touch :data:`RESUMABLE_KEYS`.
+
+    Raises:
+        ConfigError: an override of a key that would change what the run learns.
+        CheckpointError: ``run_dir`` holds no ``last.pt`` to resume from.
+    """
+    bad = [k for k, _ in parse_overrides(overrides) if k not in RESUMABLE_KEYS]
+    if bad:
+        raise ConfigError(f"--resume: {', '.join(bad)} cannot change in a resumed run "
+                          f"(allowed: {', '.join(sorted(RESUMABLE_KEYS))})")  # fmt: skip
+    if not (Path(run_dir) / LAST).is_file():
+        raise CheckpointError(f"{run_dir}: no last.pt to resume from")
+    return load_config(Path(run_dir) / CONFIG_FILE, overrides)

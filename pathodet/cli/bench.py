@@ -1,0 +1,228 @@
+"""``pathodet bench``: the benchmarks and figures (long; not part of ``make test``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pathodet.cli.util import fail, user_errors
+
+bench_app = typer.Typer(help="Benchmarks and figures (long; not part of make test).")
+
+
+@bench_app.command("share")
+def bench_share(
+    out: Annotated[Path, typer.Option(help="Folder for share.json/.md.")] = Path("docs/benchmarks"),
+    steps: Annotated[int, typer.Option(min=1, help="Training steps each process runs.")] = 20,
+) -> None:
+    """Two pathodet processes started together: each one's slowdown over running alone,
+    with pathodet's thread settings and with torch's spinning default."""
+    from pathodet.bench.share import run_share
+
+    with user_errors():
+        run_share(out, steps, log=lambda m: typer.echo(m, err=True))
+
+
+@bench_app.command("speed")
+def bench_speed(
+    out: Annotated[Path, typer.Option(help="Folder for speed.json/.md.")] = Path("docs/benchmarks"),
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Detector (default: the demo's DGHM-C, if present).")
+    ] = Path("demo-output/runs/dghm/last.pt"),
+    test_root: Annotated[
+        Path | None, typer.Option(help="Held-out split for fp32 vs bf16 FROC.")
+    ] = Path("demo-output/data/test"),
+) -> None:
+    """Step time per loss, inference Mpx/s fp32/bf16 at two window sizes, time outside the
+    forward, GFLOP/s against the matmul peak, and bf16's FROC cost."""
+    from pathodet.bench.speed import run_speed
+
+    if checkpoint is not None and not checkpoint.is_file():
+        typer.echo(f"{checkpoint}: not found; timing random weights, no FROC check", err=True)
+        checkpoint = None
+    if test_root is not None and not test_root.is_dir():
+        test_root = None
+    with user_errors():
+        run_speed(out, checkpoint, test_root, log=lambda m: typer.echo(m, err=True))
+
+
+@bench_app.command("losses")
+def bench_losses(
+    out: Annotated[Path, typer.Option(help="Working folder: data, runs, results.")] = Path(
+        "bench-output/losses"
+    ),
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for losses.md/.json/.png (default: docs/benchmarks; "
+            "with --quick, OUT/report)."
+        ),
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Smoke run: 3 methods, 2 rates, 6 steps.")] = False,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated training seeds.")] = None,
+    rates: Annotated[str | None, typer.Option(help="Comma-separated drop rates.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (default: all).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps per run.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override for every run.")
+    ] = None,
+    keep_checkpoints: Annotated[bool, typer.Option(help="Keep every run's last.pt.")] = False,
+    report_only: Annotated[
+        bool, typer.Option(help="Only write the report from the runs already finished.")
+    ] = False,
+) -> None:
+    """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4), on
+    synthetic data; resumable: rerun the same command to continue."""
+    import shlex
+
+    from pathodet.bench.losses import LossBenchSettings, run_losses
+    from pathodet.bench.losses_methods import quick_settings
+    from pathodet.bench.losses_report import report
+
+    base = quick_settings() if quick else LossBenchSettings()
+    changes: dict = {}
+    try:
+        if seeds is not None:
+            changes["seeds"] = [int(x) for x in seeds.split(",")]
+        if rates is not None:
+            changes["drop_rates"] = [float(x) for x in rates.split(",")]
+    except ValueError as exc:
+        fail(f"--seeds/--rates: {exc}")
+    if methods is not None:
+        changes["methods"] = [m.strip() for m in methods.split(",")]
+    if steps is not None:
+        changes["steps"] = steps
+    if overrides:
+        changes["overrides"] = list(overrides)
+    try:
+        settings = LossBenchSettings(**{**base.model_dump(), **changes})
+    except ValueError as exc:
+        fail(str(exc))
+    given = [("--out", out if out != Path("bench-output/losses") else None), ("--docs", docs),
+             ("--seeds", seeds), ("--rates", rates), ("--methods", methods), ("--steps", steps),
+             *[("--set", o) for o in overrides or []]]  # fmt: skip
+    command = " ".join(["pathodet bench losses", *(["--quick"] if quick else []),
+                        *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
+    docs = docs or (out / "report" if quick else Path("docs/benchmarks"))
+    with user_errors():
+        if not report_only:
+            run_losses(out, settings, log=lambda m: typer.echo(m, err=True),
+                       keep_checkpoints=keep_checkpoints)  # fmt: skip
+        report(out, settings, docs, command)
+    typer.echo(f"report: {docs / 'losses.md'}")
+
+
+@bench_app.command("grad-share")
+def bench_grad_share(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained detector (last.pt).")],
+    kept: Annotated[Path, typer.Option(help="Training root with the kept annotations.")],
+    full: Annotated[Path, typer.Option(help="The same images, every SRC annotated.")],
+    out: Annotated[Path, typer.Option(help="Output JSON (a .md table goes beside it).")],
+    tiles: Annotated[int, typer.Option(help="AP tiles and NP tiles drawn (each).")] = 24,
+) -> None:
+    """Share of each loss's classification gradient on annotated SRCs, missed SRCs, other AP
+    negatives and NP negatives, on one detector's logits."""
+    import json
+
+    from pathodet.bench.grad_share import gradient_shares, shares_md
+    from pathodet.bench.losses import METHODS
+    from pathodet.core.io import atomic_write_text
+
+    with user_errors():
+        result = gradient_shares(checkpoint, kept, full, n_ap=tiles, n_np=tiles)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    md = "\n".join(shares_md(result, {m: v.label for m, v in METHODS.items()})) + "\n"
+    atomic_write_text(out.with_suffix(".md"), md)
+    typer.echo(md)
+
+
+@bench_app.command("slide")
+def bench_slide(
+    out: Annotated[Path, typer.Option(help="Folder for slide-speed.json/.md.")] = Path(
+        "docs/benchmarks"
+    ),
+    sizes: Annotated[
+        str, typer.Option(help="Slides WxH:tissue-fraction, comma-separated.")
+    ] = "10000x10000:0.4,40000x30000:0.15",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Detector (default: random init, same cost).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(help="Tile-reading processes.")] = 1,
+) -> None:
+    """Slide throughput (tissue Mpx/s), fp32 vs bf16, time outside the forward, peak memory."""
+    from pathodet.bench.slide_speed import run_bench
+
+    parsed = []
+    for item in sizes.split(","):
+        try:
+            dims, frac = item.split(":")
+            w, h = dims.lower().split("x")
+            parsed.append((int(w), int(h), float(frac)))
+        except ValueError:
+            fail(f"--sizes: {item!r} is not WIDTHxHEIGHT:FRACTION")
+    with user_errors():
+        run_bench(out, parsed, checkpoint, batch_size, workers,
+                  log=lambda m: typer.echo(m, err=True))  # fmt: skip
+
+
+@bench_app.command("loss-overhead")
+def bench_loss_overhead(
+    out: Annotated[Path, typer.Option(help="Folder for loss-overhead.json.")] = Path(
+        "docs/benchmarks"
+    ),
+    batch: Annotated[int, typer.Option(help="Tiles per step.")] = 8,
+    size: Annotated[int, typer.Option(help="Tile side, pixels.")] = 600,
+    repeats: Annotated[int, typer.Option(help="Timed steps per loss.")] = 5,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32), fp32 or bf16.")
+    ] = "auto",
+    losses: Annotated[
+        str, typer.Option(help="Comma-separated losses to compare with focal.")
+    ] = "ce,ghm,sce,dghm,dghm_star,oss,cleanliness",
+) -> None:
+    """Time a training step with each loss against focal loss on the same batch."""
+    from pathodet.bench.loss_overhead import measure
+    from pathodet.core.io import atomic_write_text
+    from pathodet.core.machine import machine_record, resolve_precision
+
+    if precision not in ("auto", "fp32", "bf16"):
+        fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    precision = resolve_precision(precision)
+    result = measure(
+        [n.strip() for n in losses.split(",") if n.strip()],
+        batch=batch,
+        size=size,
+        repeats=repeats,
+        precision=precision,  # type: ignore[arg-type]
+    )
+    result["machine"] = machine_record(precision)
+    text = json.dumps(result, indent=2)
+    atomic_write_text(out / "loss-overhead.json", text + "\n")
+    typer.echo(text)
+
+
+@bench_app.command("grad-hist")
+def bench_grad_hist(
+    out: Annotated[Path, typer.Option(help="Folder for grad-hist.png/json.")] = Path(
+        "docs/benchmarks/grad-hist"
+    ),
+    steps: Annotated[int, typer.Option(help="Training steps before measuring.")] = 150,
+    loss: Annotated[str, typer.Option(help="Loss to train with (the paper uses ce).")] = "ce",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    tile: Annotated[int, typer.Option(help="Training tile side, pixels.")] = 384,
+) -> None:
+    """Train briefly on synthetic data and plot g histograms for AP_P / AP_N / NP_N."""
+    from pathodet.bench.grad_hist import gradient_histograms
+
+    with user_errors():
+        result = gradient_histograms(
+            out, steps=steps, loss=loss, seed=seed, lr=lr, tile=tile, log=typer.echo
+        )
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "bin_edges"}))
