@@ -252,26 +252,34 @@ def test_explicit_bf16_runs_the_network_in_bf16_on_a_tiny_input(fresh_announceme
 
 def test_computing_pathodet_processes_share_the_cores(monkeypatch, tmp_path, keep_threads):
     """Registered processes that computed lately split the cores; idle or dead ones don't
-    count. Other processes are simulated by files named by live pids (this test's parent
-    and init) and a dead one."""
+    count. Other processes are simulated by files named by live pids (two sleeping child
+    processes: this test's parent may be init, pid 1, when pytest runs detached) and a
+    dead one."""
     monkeypatch.setattr(machine.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(machine, "usable_cores", lambda: 4)
     monkeypatch.setattr(machine, "_SHARING", True)
     monkeypatch.setattr(machine, "_LAST_CHECK", -1e9)
     monkeypatch.setattr(machine, "SHARE_CHECK_SECONDS", 0.0)
     folder = tmp_path / f"pathodet-cores-{os.getuid()}"
-    assert machine.share_cores() == 4  # alone: every core
-    folder.joinpath(str(os.getppid())).touch()  # a second computing process
-    assert machine.share_cores() == 2 and torch.get_num_threads() == 2
-    folder.joinpath("1").touch()  # a third
-    assert machine.share_cores() == 1
-    old = time.time() - 60
-    os.utime(folder / "1", (old, old))  # it went idle
-    assert machine.share_cores() == 2
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
-    folder.joinpath(dead).touch()
-    assert machine.share_cores() == 2 and not (folder / dead).exists()  # removed
+    sleepers = [subprocess.Popen(["sleep", "120"]) for _ in range(2)]
+    try:
+        second, third = (str(s.pid) for s in sleepers)
+        assert machine.share_cores() == 4  # alone: every core
+        folder.joinpath(second).touch()  # a second computing process
+        assert machine.share_cores() == 2 and torch.get_num_threads() == 2
+        folder.joinpath(third).touch()  # a third
+        assert machine.share_cores() == 1
+        old = time.time() - 60
+        os.utime(folder / third, (old, old))  # it went idle
+        assert machine.share_cores() == 2
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        folder.joinpath(dead).touch()
+        assert machine.share_cores() == 2 and not (folder / dead).exists()  # removed
+    finally:
+        for s in sleepers:
+            s.kill()
+            s.wait()
     monkeypatch.setattr(machine, "_SHARING", False)  # explicit threads: never touched
     torch.set_num_threads(3)
     assert machine.share_cores() == 3

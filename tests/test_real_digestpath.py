@@ -157,7 +157,7 @@ def test_one_training_step_then_predict_and_evaluate_at_20x(tmp_path):
                      tmp_path / "run" / "last.pt", images, out)["images"]  # fmt: skip
     assert result["images"] == 4 and result["problems"] == 0
     fingerprint = json.loads((out / "predict.json").read_text())["settings"]
-    assert fingerprint["scale"] == 0.5  # the checkpoint's pixel size, recorded
+    assert fingerprint["predict"]["scale"] == 0.5  # the checkpoint's pixel size, recorded
     metrics = run_evaluate(manifest, out / "predictions.csv", tmp_path / "eval")
     assert metrics["num_positive_images"] == 2 and metrics["num_negative_images"] == 2
     boxes = sum(len(s.boxes) for s in load_samples(read_manifest(manifest))[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -1072,9 +1073,7 @@ def test_cli_review_starts_streamlit_with_the_settings(
 ) -> None:
     """With a password, the public host is allowed; the app gets its folders by environment."""
     calls: list[tuple[list[str], dict]] = []
-    monkeypatch.setattr(
-        "pathodet.cli.review.subprocess.call", lambda cmd, env: calls.append((cmd, env)) or 0
-    )
+    monkeypatch.setattr("pathodet.cli.review.serve", lambda cmd, env: calls.append((cmd, env)) or 0)
     monkeypatch.setenv("PATHODET_REVIEW_PASSWORD", "pw")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(
@@ -1136,3 +1135,32 @@ def test_interactions_stay_under_a_second_on_a_big_image(tmp_path, monkeypatch):
     assert not at.exception
     assert ReviewStore(tmp_path / "r.sqlite").count_rows() == 2
     assert max(times) < 1.0, times
+
+
+def test_stopping_pathodet_review_stops_the_server(tmp_path: Path) -> None:
+    """SIGTERM to ``pathodet review`` reaches the server it started (no orphan left)."""
+    import signal
+    import time
+
+    pid_file = tmp_path / "server.pid"
+    server = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "time.sleep(120)")  # fmt: skip
+    code = ("import os, sys; from pathodet.cli.review import serve; "
+            f"sys.exit(serve([sys.executable, '-c', {server!r}], dict(os.environ)))")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) != 0  # the server was terminated, and said so
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the server outlived pathodet review")

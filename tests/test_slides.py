@@ -576,7 +576,12 @@ def test_dark_squares_found_once_each_across_window_borders(kind, squares, folde
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("iou", [0.1, 0.5, 0.8])
-def test_merge_is_torchvision_nms(seed, iou):
+@pytest.mark.parametrize("split", [False, True], ids=["direct", "by components"])
+def test_merge_is_torchvision_nms(seed, iou, split, monkeypatch):
+    """Either way :func:`merge` computes it (one NMS call, or split over the components of
+    the overlap graph, as for a slide's many candidates), the result is torchvision's."""
+    if split:
+        monkeypatch.setattr("pathodet.predict.windows.DIRECT_NMS_MAX", 0)
     rng = np.random.default_rng(seed)
     n_clusters, per = 40, 30
     centres = rng.uniform(0, 3000, (n_clusters, 2)).repeat(per, 0) + rng.normal(
@@ -643,7 +648,9 @@ def test_resume_skips_done_slides_and_recomputes_on_a_new_fingerprint(deep, tmp_
     other = run_slides(det, [deep.path], out, PREDICT, {"model": "b"})
     assert other["slides"][0]["status"] == "done"
     assert det.calls == 2 * calls
-    assert json.loads((out / "slides/deep/summary.json").read_text())["fingerprint"]["model"] == {"model": "b"}
+    assert json.loads((out / "slides/deep/summary.json").read_text())["fingerprint"]["model"] == {
+        "model": "b"
+    }
     assert (out / "slides/deep/detections.csv").read_text() == csv
     # other settings are part of the fingerprint too
     stricter = PREDICT.model_copy(update={"nms_iou": 0.3})

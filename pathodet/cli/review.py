@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,25 @@ def review_env(data: Path | None, predictions: Path, db: Path) -> dict[str, str]
     if data is not None:
         env["PATHODET_REVIEW_DATA"] = str(data.resolve())
     return env
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the Streamlit server as a child until it exits; returns its exit code.
+
+    SIGTERM and SIGINT sent to ``pathodet review`` are passed on to the server, so that
+    stopping the command (a service manager, a test) never leaves the server running.
+    """
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signum)
+
+    before = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def streamlit_command(port: int, host: str) -> list[str]:
@@ -63,7 +83,7 @@ def review(
     if data is not None and not data.is_dir():
         fail(f"{data}: no such data folder")
     if not APP_FILE.is_file():
-        fail(f"{APP_FILE}: the app is not there (run from a source checkout)")
+        fail(f"{APP_FILE}: the review app is missing from this installation of pathodet")
     env = {**os.environ, **review_env(data, predictions, db)}
     if host not in LOCAL_HOSTS and not env.get("PATHODET_REVIEW_PASSWORD"):
         secrets = Path(".streamlit/secrets.toml")
@@ -71,7 +91,7 @@ def review(
             fail(f"--host {host} exposes the app beyond this machine: set an access password "
                  "in PATHODET_REVIEW_PASSWORD (or password in .streamlit/secrets.toml)")  # fmt: skip
     typer.echo(f"pathodet review on http://{host}:{port} (Ctrl+C stops)", err=True)
-    raise typer.Exit(subprocess.call(streamlit_command(port, host), env=env))
+    raise typer.Exit(serve(streamlit_command(port, host), env))
 
 
 @review_app.command("export")

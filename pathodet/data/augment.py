@@ -21,7 +21,6 @@ deterministic and resumable.
 
 from __future__ import annotations
 
-import albumentations as A
 import numpy as np
 from pydantic import Field
 from skimage.color import hed2rgb, rgb2hed
@@ -77,6 +76,8 @@ class TileAugment:
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
+        import albumentations as A  # 2-3 s to import: only where tiles are augmented
+
         self.cfg = cfg
         ops: list = [
             A.RandomCrop(cfg.crop, cfg.crop, pad_if_needed=True, fill=255, pad_position="random")
@@ -160,6 +161,8 @@ class ColourView:
     """Callable ``(image, seed) -> image``: ``(h, w, 3)`` uint8 in, same shape out."""
 
     def __init__(self, cfg: ColourViewConfig) -> None:
+        import albumentations as A
+
         self.cfg = cfg
         ops: list = [
             A.ColorJitter(

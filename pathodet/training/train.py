@@ -157,7 +157,8 @@ class Trainer:
             params += list(self.distiller.adapters.parameters())
         self.optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
         reduce = all_reduce_sum if self.info.distributed else None
-        self.criterion = Criterion(cfg.loss, cfg.model.assign, reduce).to(self.device)
+        # self.cfg.loss: score soft sampling sets its threshold T below, the criterion reads it
+        self.criterion = Criterion(self.cfg.loss, self.cfg.model.assign, reduce).to(self.device)
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
