@@ -238,6 +238,7 @@ def test_fresh_run_elsewhere_gives_the_same_numbers(tiny, tmp_path):
     assert a == b
 
 
+@pytest.mark.slow  # 40-50 s; resume-or-retrain is can_resume's rule, tested in test_train.py
 def test_changed_settings_retrain_instead_of_resuming(tiny, tmp_path):
     out, _, _ = tiny
     other = tmp_path / "copy"

@@ -296,18 +296,25 @@ def test_missing_data_fails_fast(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, data, focal_run):
-    bad = subprocess.run(_cli("train", str(REPO / "configs/dghm.yaml"), "--set", "train.epoch=3"),
-                         capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode == 2
-    assert "unknown key 'train.epoch'" in bad.stderr and "Traceback" not in bad.stderr
-    res = subprocess.run(_cli("train", "--resume", str(focal_run), "--set", "loss.name=ce"),
-                         capture_output=True, text=True)  # fmt: skip
-    assert res.returncode == 2 and "loss.name cannot change" in res.stderr
-    res = subprocess.run(_cli("train", "--resume", str(focal_run), "--out", str(tmp_path)),
-                         capture_output=True, text=True)  # fmt: skip
-    assert res.returncode == 2 and "give neither CONFIG nor --out" in res.stderr
-    res = subprocess.run(_cli("train", "--resume", str(tmp_path)), capture_output=True, text=True)
-    assert res.returncode == 2 and "no last.pt" in res.stderr
+    """In process (CliRunner): the same command and exit codes, without a Python start-up
+    per case. The line is written before exit; no exception escapes the command."""
+    from typer.testing import CliRunner
+
+    from pathodet.cli import app
+
+    def run(*args: str):
+        res = CliRunner().invoke(app, list(args))
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output
+        assert len(res.output.strip().splitlines()) == 1  # one line, no traceback
+        return res.output
+
+    assert "unknown key 'train.epoch'" in run("train", str(REPO / "configs/dghm.yaml"), "--set",
+                                              "train.epoch=3")  # fmt: skip
+    assert "loss.name cannot change" in run("train", "--resume", str(focal_run), "--set",
+                                            "loss.name=ce")  # fmt: skip
+    out = run("train", "--resume", str(focal_run), "--out", str(tmp_path))
+    assert "give neither CONFIG nor --out" in out
+    assert "no last.pt" in run("train", "--resume", str(tmp_path))
 
 
 def test_metrics_log_drops_rows_after_resume_point(tmp_path):
