@@ -360,7 +360,8 @@ def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
 def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_path, monkeypatch):
     """ENOSPC at the second last.pt write (step 2): the run stops with the error, last.pt
     still holds step 1, and resuming from it ends where an undisturbed run ends."""
-    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))  # 2 epochs x 3 steps
+    every_step = {"train.checkpoint_every": "1"}  # 2 epochs x 3 steps, last.pt at each
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data, **every_step))
     full, broken = tmp_path / "full", tmp_path / "broken"
     train(cfg, full, progress=False, log=lambda m: None)
 
@@ -390,7 +391,7 @@ def test_train_cli_on_a_full_disk_says_how_to_resume_in_one_line(data, tmp_path,
     command, no traceback; the checkpoint of the previous step is intact."""
     disk_full_at_second_last_pt(monkeypatch, half_written=False)
     run = tmp_path / "run"
-    sets = [x for kv in tiny(data) for x in ("--set", kv)]
+    sets = [x for kv in tiny(data, **{"train.checkpoint_every": "1"}) for x in ("--set", kv)]
     res = CliRunner().invoke(app, ["train", str(REPO / "configs/focal.yaml"), "--out", str(run),
                                    "--quiet", *sets])  # fmt: skip
     assert res.exit_code == 2, res.output

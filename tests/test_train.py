@@ -42,7 +42,8 @@ def tiny(root: Path, **extra: str) -> list[str]:
         "train.precision": "auto",
         "train.num_workers": "0",
         "train.max_steps_per_epoch": "3",
-        "train.checkpoint_every": "1",
+        "train.checkpoint_every": "0",  # epoch ends: a 135 MB save costs ~0.5 s (tests that
+        # kill or fail a run mid-epoch set 1)
         "train.log_every": "1",
         "train.val_tiles": "4",
         "train.val_batch_size": "2",
@@ -186,6 +187,7 @@ def _cli(*args: str) -> list[str]:
 def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path):
     """Kill a run mid-epoch with SIGKILL, resume it, and get bit-identical final weights."""
     sets = tiny(data, **{"train.max_steps_per_epoch": "4", "loss.name": "ghm",
+                         "train.checkpoint_every": "1",
                          "loss.ghm.momentum": "0.75"})  # fmt: skip
     cfg_file = _write_cfg(tmp_path / "cfg.yaml", "configs/smoke.yaml", sets)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -251,7 +253,7 @@ def test_divergence_stops_at_the_step_and_keeps_last_good_checkpoint(
         return out
 
     monkeypatch.setattr(Criterion, "__call__", poisoned)
-    cfg = load_config(REPO / "configs/focal.yaml", tiny(data))
+    cfg = load_config(REPO / "configs/focal.yaml", tiny(data, **{"train.checkpoint_every": "1"}))
     with pytest.raises(TrainingDiverged, match=rf"step 3 \(epoch 1\): {message}"):
         train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     state = load_checkpoint(tmp_path / "run/last.pt")

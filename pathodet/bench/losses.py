@@ -214,10 +214,10 @@ def evaluate_run(out: Path, folder: Path, rate: float, s: LossBenchSettings) -> 
     pred_test, pred_train = folder / "predictions" / "test", folder / "predictions" / "train"
     predict(settings, checkpoint, [test / POS_DIR, test / NEG_DIR], pred_test)
     predict(settings, checkpoint, [train_root / POS_DIR], pred_train)
-    on_test = run_evaluate(test, pred_test / "predictions.csv", folder / "eval-test")
+    on_test = run_evaluate(test, pred_test / "predictions.csv", folder / "eval-test", plot=False)
     on_train = run_evaluate(
         train_root, pred_train / "predictions.csv", folder / "eval-train",
-        removed=train_root / REMOVED_DIR, full=train_root / FULL_DIR,
+        removed=train_root / REMOVED_DIR, full=train_root / FULL_DIR, plot=False,
     )  # fmt: skip
     return {
         "test": {k: on_test[k] for k in TEST_KEYS},

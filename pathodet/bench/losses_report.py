@@ -8,12 +8,11 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from pathodet.bench.losses import METHODS, LossBenchSettings, collect, plan
 from pathodet.bench.pudet import pu_md
 from pathodet.bench.speed import git_commit
 from pathodet.core.io import atomic_write_text
+from pathodet.eval.report import mean_std as eval_mean_std
 
 COLUMNS: dict[str, tuple[str, str]] = {
     "precision": ("test", "precision"),
@@ -39,11 +38,10 @@ Stat = tuple[float | None, float | None, int]
 def mean_std(values: Sequence[float | None]) -> Stat:
     """Mean and sample standard deviation (ddof 1; None for a single value) of the non-None
     values."""
-    xs = np.array([v for v in values if v is not None], dtype=float)
-    if len(xs) == 0:
+    stats = eval_mean_std(values)
+    if stats is None:
         return None, None, 0
-    std = float(xs.std(ddof=1)) if len(xs) > 1 else None
-    return float(xs.mean()), std, len(xs)
+    return stats["mean"], stats["std"] if stats["n"] > 1 else None, stats["n"]
 
 
 def summarize(results: Sequence[dict]) -> dict[tuple[float, str], dict[str, Stat]]:

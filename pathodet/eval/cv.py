@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import DatasetError, load_records, read_manifest, write_manifest
 from pathodet.data.folds import Group, assign_folds, fold_summary
@@ -33,7 +31,7 @@ from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.evaluate import run_evaluate
 from pathodet.eval.metrics import FROC_FPS, curve, evaluate, operating_threshold
-from pathodet.eval.report import froc_png
+from pathodet.eval.report import froc_png, mean_std
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
 from pathodet.training.checkpoint import load_checkpoint
@@ -218,10 +216,9 @@ def summarize_cv(records: list[dict]) -> dict:
         for k in FROC_FPS:
             r[f"froc@{k}"] = (r.get("froc_points") or {}).get(str(k))
     for k in keys:
-        vals = [r[k] for r in records if isinstance(r.get(k), (int, float))]
-        if vals:
-            out[k] = {"mean": float(np.mean(vals)), "n": len(vals),
-                      "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}  # fmt: skip
+        stats = mean_std([r.get(k) for r in records])
+        if stats is not None:
+            out[k] = stats
     return out
 
 

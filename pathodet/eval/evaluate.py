@@ -18,8 +18,10 @@ def run_evaluate(
     removed: str | os.PathLike[str] | None = None,
     full: str | os.PathLike[str] | None = None,
     iou_threshold: float = 0.3,
+    plot: bool = True,
 ) -> dict:
-    """Evaluate ``predictions`` on ``data`` and write the report into ``out``.
+    """Evaluate ``predictions`` on ``data`` and write the report into ``out`` (with the FROC
+    plot unless ``plot`` is False: a benchmark's many runs are summed up in one plot).
 
     Raises:
         PredictionsError: a bad row, or a prediction for an image that is not in ``data``.
@@ -32,5 +34,5 @@ def run_evaluate(
     metrics["problems"] = [p.as_dict() for p in gt.problems]
     _, recall, nfp = curve(preds, gt.annotated, iou_threshold)
     write_report(Path(out), metrics, per_image(preds, gt.annotated, iou_threshold), recall, nfp,
-                 f"{predictions} on {data}")  # fmt: skip
+                 f"{predictions} on {data}", plot)  # fmt: skip
     return metrics

@@ -82,12 +82,27 @@ def report_md(metrics: dict, per_image: Sequence[dict], source: str, worst: int 
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, metrics: dict, per_image: Sequence[dict], recall, nfp, source: str):
+def write_report(
+    out: Path, metrics: dict, per_image: Sequence[dict], recall, nfp, source: str,
+    plot: bool = True,
+) -> None:  # fmt: skip
+    """``metrics.json``, ``per_image.json``, ``report.md`` and (``plot``) ``froc.png``."""
     out.mkdir(parents=True, exist_ok=True)
-    froc_png({"model": (recall, nfp)}, out / "froc.png")
+    if plot:
+        froc_png({"model": (recall, nfp)}, out / "froc.png")
     atomic_write_text(out / "per_image.json", json.dumps(per_image, indent=1))
     atomic_write_text(out / "report.md", report_md(metrics, per_image, source))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+
+
+def mean_std(values: Sequence[object]) -> dict | None:
+    """``{"mean", "std", "n"}`` of the numeric ``values`` (others, such as None, are left
+    out): the sample standard deviation (ddof 1), 0.0 for a single value; None for none."""
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not xs:
+        return None
+    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return {"mean": float(np.mean(xs)), "std": std, "n": len(xs)}
 
 
 def cross_validation(runs: Sequence[Path]) -> dict:
@@ -101,13 +116,9 @@ def cross_validation(runs: Sequence[Path]) -> dict:
             raise ValueError(f"{p}: cannot read fold metrics: {exc}") from None
     out: dict = {"runs": [str(r) for r in runs]}
     for k in TABLE_KEYS:
-        vals = [f[k] for f in folds if isinstance(f.get(k), (int, float))]
-        if vals:
-            out[k] = {
-                "mean": float(np.mean(vals)),
-                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                "n": len(vals),
-            }
+        stats = mean_std([f.get(k) for f in folds])
+        if stats is not None:
+            out[k] = stats
     return out
 
 
