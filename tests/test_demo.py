@@ -228,6 +228,7 @@ def test_rerun_in_place_reuses_finished_work_and_keeps_the_users_files(tiny):
     assert second["slide"]["run"]["slides"][0]["status"] == "resumed"
 
 
+@pytest.mark.slow  # a second whole demo (35-60 s); resumed training is bit-exact in test_train
 def test_fresh_run_elsewhere_gives_the_same_numbers(tiny, tmp_path):
     out, first, _ = tiny
     other = tmp_path / "again"

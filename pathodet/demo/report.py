@@ -24,7 +24,7 @@ from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image
 from pathodet.demo.settings import LOSSES
 from pathodet.eval.annotations import load_annotations
-from pathodet.eval.matching import greedy_match
+from pathodet.eval.overlays import classify
 
 YELLOW, GREEN, RED = (255, 214, 0), (30, 200, 60), (230, 30, 30)
 ROWS = (
@@ -47,10 +47,10 @@ def _fmt(v) -> str:
 
 def _panel(rgb: np.ndarray, truth: np.ndarray, found: ImagePredictions) -> tuple[np.ndarray, int]:
     """``rgb`` with the truth and ``found`` drawn, and how many detections hit an SRC."""
-    hit = greedy_match(found.boxes, found.scores, truth) >= 0
+    parts = classify(truth, found)
     img = draw_boxes(rgb, truth, YELLOW, 2)
-    img = draw_boxes(img, found.boxes[~hit], RED, 3)
-    return draw_boxes(img, found.boxes[hit], GREEN, 3), int(hit.sum())
+    img = draw_boxes(img, parts["new"], RED, 3)
+    return draw_boxes(img, parts["hits"], GREEN, 3), len(parts["hits"])
 
 
 def overlays(out: Path, result: dict) -> list[dict]:
