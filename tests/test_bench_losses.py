@@ -262,6 +262,14 @@ def test_rerun_reads_results_back_and_changed_settings_retrain(tiny):
     assert [f.stat().st_mtime_ns for f in files[1:]] == before[1:]
 
 
+def test_cli_refuses_an_unknown_method(tmp_path):
+    bad = CliRunner().invoke(app, ["bench", "losses", "--quick", "--out", str(tmp_path / "c"),
+                                   "--methods", "focal,nope"])  # fmt: skip
+    assert bad.exit_code != 0 and "unknown method" in bad.output
+    assert not (tmp_path / "c" / "runs").exists()
+
+
+@pytest.mark.slow  # 20-35 s: run_losses is run by the `tiny` fixture, the report by a unit test
 def test_cli_quick_smoke_writes_the_report(tmp_path):
     res = CliRunner().invoke(app, [
         "bench", "losses", "--quick", "--out", str(tmp_path / "b"), "--steps", "2",
