@@ -173,6 +173,12 @@ def test_tables_and_report_files(tmp_path):
 # --- end to end ---------------------------------------------------------------------------
 
 
+TINY_BENCH = pytest.mark.slow
+"""The tiny end-to-end bench (4 trainings, 8 predictions, 40-75 s) runs with `make slow`:
+`make test` keeps the benchmark's settings, aggregation, report and CLI checks; training,
+prediction and evaluation have their own tests."""
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Two rates, focal then score SS (whose prior is the focal run), 3 steps each."""
@@ -187,6 +193,7 @@ def tiny(tmp_path_factory):
     return out, s, results, lines
 
 
+@TINY_BENCH
 def test_every_run_has_a_result_and_logs_a_line(tiny):
     out, s, results, lines = tiny
     assert [(r["seed"], r["rate"], r["method"]) for r in results] == plan(s)
@@ -196,6 +203,7 @@ def test_every_run_has_a_result_and_logs_a_line(tiny):
         assert (run_dir(out, r["seed"], r["rate"], r["method"]) / "result.json").is_file()
 
 
+@TINY_BENCH
 def test_dropped_copy_removes_half_the_boxes_and_trains_on_every_image(tiny):
     out, s, _, _ = tiny
     root = out / "data" / rate_name(0.5)
@@ -213,6 +221,7 @@ def test_dropped_copy_removes_half_the_boxes_and_trains_on_every_image(tiny):
     assert all("data/test" in r.image.as_posix() for r in held)
 
 
+@TINY_BENCH
 def test_metrics_equal_an_independent_evaluation(tiny):
     out, _, results, _ = tiny
     r = next(x for x in results if x["rate"] == 0.5 and x["method"] == "focal")
@@ -233,6 +242,7 @@ def test_metrics_equal_an_independent_evaluation(tiny):
     assert r0["train"]["r_recall"] is None and r0["counts"]["train_removed"] == 0
 
 
+@TINY_BENCH
 def test_score_ss_uses_the_focal_run_and_checkpoints_are_removed_after(tiny):
     out, s, _, _ = tiny
     cfg = bench_config(out, s, 0, 0.5, "score_ss")
@@ -246,6 +256,7 @@ def test_score_ss_uses_the_focal_run_and_checkpoints_are_removed_after(tiny):
     assert {k for k in focal if focal[k] != other[k]} == {"loss"}
 
 
+@TINY_BENCH
 def test_rerun_reads_results_back_and_changed_settings_retrain(tiny):
     out, s, results, _ = tiny
     files = [run_dir(out, *k) / "result.json" for k in plan(s)]
@@ -304,6 +315,7 @@ def init_checkpoint(tiny, tmp_path_factory):
     return path
 
 
+@TINY_BENCH
 def test_gradient_shares_at_initialisation_follow_from_the_prior(tiny, init_checkpoint):
     from pathodet.bench.grad_share import GROUPS, gradient_shares
 
