@@ -1,6 +1,6 @@
 """Whole-slide throughput and memory: tissue megapixels per second, time outside the forward.
 
-Each measurement runs ``pathodet.predict.predict`` on one synthetic slide in a fresh child process, so
+Each measurement runs ``pathodet.predict.pipeline.predict`` on one synthetic slide in a fresh child process, so
 its peak memory (``ru_maxrss`` of the process, and of its tile-reading workers) belongs
 to that measurement alone. The detector is wrapped so that the time inside the model's
 forward pass is counted apart from the per-window postprocess (box decoding, NMS); every
@@ -164,7 +164,7 @@ def report_md(result: dict) -> str:
         f"torch {result['torch']}, {result['threads']} threads"
         + (f", {machine_line(machine)}" if machine else "")
         + ". Each row is one child process "
-        "running `pathodet.predict.predict` on one synthetic slide; ratios within a table come from one run.",
+        "running `pathodet.predict.pipeline.predict` on one synthetic slide; ratios within a table come from one run.",
         "",
         "| slide (level 0) | precision | windows | tissue Mpx | wall s | tissue Mpx/s | "
         "outside forward | outside detector | peak RSS GB (main / worker) |",

@@ -9,8 +9,3 @@ OpenSlide (:mod:`~pathodet.predict.reader`); their tissue is found on an overvie
 (:mod:`~pathodet.predict.plan`) and read one by one (:mod:`~pathodet.predict.slides`).
 Each slide's report is drawn by :mod:`~pathodet.predict.slide_report`.
 """
-
-from pathodet.predict.config import PredictConfig, SlideConfig, TissueConfig
-from pathodet.predict.pipeline import predict
-
-__all__ = ["PredictConfig", "SlideConfig", "TissueConfig", "predict"]

@@ -272,12 +272,9 @@ class Trainer:
             )  # fmt: skip
             counts = mining_counts(mined_o, mined_a, targets.boxes, full_truth)
         else:
-            self.net.train()
             if self.prior is not None:
                 targets.prior_scores = self.prior(images)
-            with autocast(self.precision, images.device):
-                outputs = self.net(images)
-            losses = self.criterion(outputs, targets)
+            losses = plain_losses(self.net, self.criterion, images, targets, self.precision)
         grad_norm = backward(losses["loss"], self.optimizer, self.info.world_size, tc.grad_clip)
         values = torch.stack([losses[k].detach().float() for k in keys])
         values = all_reduce_sum(values) if reduce else values
@@ -437,6 +434,22 @@ def train(
         shutdown()
 
 
+def plain_losses(
+    net: torch.nn.Module,
+    criterion: Criterion,
+    images: Tensor,
+    targets: Targets,
+    precision: PrecisionSetting = "fp32",
+) -> dict[str, Tensor]:
+    """The plain step's forward and loss: ``net`` (may be DDP-wrapped) in train mode under
+    autocast, the criterion in fp32. Co-mining and distillation have their own forward
+    (two views; a teacher beside the student)."""
+    net.train()
+    with autocast(precision, images.device):
+        outputs = net(images)
+    return criterion(outputs, targets)
+
+
 def backward(
     loss: Tensor,
     optimizer: torch.optim.Optimizer,
@@ -466,10 +479,7 @@ def train_step(
 ) -> dict[str, float]:
     """One single-process optimisation step of the plain path of :meth:`Trainer.train_step`
     (benchmarks and calibration time it); returns the loss terms."""
-    model.train()
-    with autocast(precision, images.device):
-        outputs = model(images)
-    losses = criterion(outputs, targets)
+    losses = plain_losses(model, criterion, images, targets, precision)
     backward(losses["loss"], optimizer)
     optimizer.step()
     return {k: float(v.detach()) for k, v in losses.items()}
