@@ -20,8 +20,8 @@ from pathodet.data.tiling import window_starts
 from pathodet.eval.matching import iou_matrix
 from pathodet.model.retinanet import FrozenDetector
 from pathodet.predict.config import PredictConfig
-from pathodet.predict.pipeline import predict
-from pathodet.predict.windows import core_bounds, detect_image
+from pathodet.predict.pipeline import detect_image, predict
+from pathodet.predict.windows import core_bounds
 from pathodet.training.checkpoint import load_detector
 from pathodet.training.config import load_config
 from pathodet.training.train import train

@@ -176,8 +176,9 @@ def sparse(folder) -> SyntheticSlide:
 
 @pytest.fixture(scope="module")
 def deep(folder) -> SyntheticSlide:
-    """0.0625 µm/px: level 1 (downsample 4) is at the detector's 0.25 µm/px."""
-    return write_synthetic_slide(folder / "deep.tiff", 4096, 3072, seed=1, mpp=0.0625)
+    """0.125 µm/px (a plausible 80x scan; 0.0625 would now be refused as no scanner's):
+    level 1 (downsample 4) is at a 20x detector's 0.5 µm/px."""
+    return write_synthetic_slide(folder / "deep.tiff", 4096, 3072, seed=1, mpp=0.125)
 
 
 GLASSY_OFFSET = 896  # two window strides and 28 mask pixels
@@ -363,7 +364,8 @@ def test_blank_image_has_no_tissue(tmp_path):
 def test_windows_are_exactly_those_touching_tissue(name, request):
     fix = request.getfixturevalue(name)
     path = fix if isinstance(fix, Path) else fix.path
-    info, _, plan = survey(path, SLIDE, TILE, OVERLAP)
+    settings = SlideConfig(target_mpp=0.5) if name == "deep" else SLIDE  # deep: at its level 1
+    info, _, plan = survey(path, settings, TILE, OVERLAP)
     mask, mds = plan.mask, plan.mask_downsample
     assert mds == int(mds)
     mds = int(mds)
@@ -423,20 +425,20 @@ def png_slide(main, folder) -> Path:
 
 # slide, assumed µm/px (PNG), its level-0 µm/px; the level whose µm/px is closest to 0.25,
 # its downsample, and detector pixels per level pixel (1 within 10% of 0.25, else resized)
-CASES = {
-    "level0": ("main", 0.25, 0.25, 0, 1, 1.0),
-    "level1": ("deep", 0.25, 0.0625, 1, 4, 1.0),
-    "resized": ("png_slide", 0.3, 0.3, 0, 1, 0.3 / 0.25),  # 427 px read, resized to 512
+CASES = {  # slide, assumed µm/px, level-0 µm/px, level, downsample, r, detector µm/px
+    "level0": ("main", 0.25, 0.25, 0, 1, 1.0, 0.25),
+    "level1": ("deep", 0.25, 0.125, 1, 4, 1.0, 0.5),
+    "resized": ("png_slide", 0.3, 0.3, 0, 1, 0.3 / 0.25, 0.25),  # 427 px read, resized to 512
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_boxes_land_at_their_level0_positions(case, request, tmp_path):
-    name, assumed, mpp, level, ds, r = CASES[case]
+    name, assumed, mpp, level, ds, r, target = CASES[case]
     read, ov = round(TILE / r), round(OVERLAP / r)
     fix = request.getfixturevalue(name)
     path = fix if isinstance(fix, Path) else fix.path
-    settings = SlideConfig(target_mpp=0.25, assumed_mpp=assumed)
+    settings = SlideConfig(target_mpp=target, assumed_mpp=assumed)
     info, _, plan = survey(path, settings, TILE, OVERLAP)
     assert (plan.level, plan.downsample, plan.read) == (level, ds, read)
     lw, lh = info.level_dimensions[level]

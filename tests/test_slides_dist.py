@@ -115,13 +115,14 @@ def test_two_processes_equal_one(slides, single, tmp_path, split):
 def test_merge_removes_the_seam_duplicates(slides, single):
     """Guard: without the slide-wide merge, windows' overlaps would report cells twice, so the
     equality above is not trivially met by per-rank output."""
-    from pathodet.predict.slides import slide_batches, survey
+    from pathodet.predict.loader import SlideInput, raise_errors, window_batches
+    from pathodet.predict.slides import survey
     from pathodet.predict.windows import detect_windows, merge
 
     _, _, plan = survey(slides[0], SLIDE_SETTINGS, SETTINGS.tile, SETTINGS.overlap)
-    batches = slide_batches(slides[0], plan, range(len(plan.windows)), SLIDE_SETTINGS,
-                            SETTINGS.batch_size, 0)  # fmt: skip
-    boxes, scores = detect_windows(nuclei_detector, batches, plan)
+    slide = SlideInput(slides[0], plan)
+    batches = window_batches([slide], [range(len(plan.windows))], SETTINGS.batch_size, 0)
+    boxes, scores = detect_windows(nuclei_detector, raise_errors(batches), plan)
     keep = merge(boxes, scores, SETTINGS.nms_iou)
     assert len(keep) < len(boxes)
     assert len(keep) == len(_detections(single, slides[0]))

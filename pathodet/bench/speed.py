@@ -25,7 +25,7 @@ from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record
 from pathodet.model.retinanet import SRCRetinaNet
 from pathodet.predict.config import PredictConfig
-from pathodet.predict.windows import detect_image
+from pathodet.predict.pipeline import detect_image
 
 
 def _best(fn, repeats: int) -> float:

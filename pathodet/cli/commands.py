@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pathodet.cli.util import fail, user_errors
+from pathodet.cli.util import echo_err, fail, user_errors
 from pathodet.core.progress import progress_bars
 from pathodet.training.config import load_config
 
@@ -97,8 +97,20 @@ def predict_cmd(
             "when its data.mpp is unknown)."
         ),
     ] = None,
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            help="µm/px of the inputs' level 0: overrides what slides say; plain images are "
+            "resized from it to the detector's µm/px (default: slides' own, images at the "
+            "training images' µm/px)."
+        ),
+    ] = None,
     assumed_mpp: Annotated[
-        float, typer.Option(help="Slides: µm/px of level 0 when the slide does not say.")
+        float,
+        typer.Option(
+            help="Slides: µm/px of level 0 when the slide gives neither a plausible pixel "
+            "size nor an objective power."
+        ),
     ] = 0.25,
     count_threshold: Annotated[
         float, typer.Option(help="Slides: score counted as an SRC in counts and density.")
@@ -129,7 +141,7 @@ def predict_cmd(
         config = PredictConfig(
             tile=tile, overlap=overlap, batch_size=batch_size, precision=precision,
             score_threshold=score_threshold, nms_iou=nms_iou, num_workers=workers,
-            overlays=overlays, device=device,
+            overlays=overlays, device=device, mpp=mpp,
             slides=SlideConfig(target_mpp=target_mpp, assumed_mpp=assumed_mpp,
                                count_threshold=count_threshold, density_um=density_um,
                                split=split),
@@ -138,7 +150,7 @@ def predict_cmd(
         with progress_bars(enabled=main) as update:
             try:
                 summary = predict(config, checkpoint, inputs, out, all_slides=slides,
-                                  progress=update)  # fmt: skip
+                                  progress=update, log=echo_err if main else None)  # fmt: skip
             except CheckpointError as exc:
                 fail(str(exc))
     if main:

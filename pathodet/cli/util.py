@@ -24,3 +24,8 @@ def user_errors() -> Iterator[None]:
         yield
     except (DatasetError, ConfigError, FileNotFoundError, ValueError) as exc:  # incl. CSV/ckpt
         fail(str(exc))
+
+
+def echo_err(message: str) -> None:
+    """A note for the user, on stderr (stdout carries the JSON summary)."""
+    typer.echo(message, err=True)

@@ -341,6 +341,11 @@ def load_samples(
     return samples, problems
 
 
+def rescaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    w, h = size
+    return (w, h) if scale == 1.0 else (max(1, round(w * scale)), max(1, round(h * scale)))
+
+
 def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
     """``(H, W, 3)`` uint8 image resized by ``scale`` to ``(round(H*s), round(W*s), 3)``.
 
@@ -354,8 +359,7 @@ def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
         raise ValueError(f"scale must be positive, got {scale}")
     if scale == 1.0:
         return rgb
-    h, w = rgb.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = rescaled_size((rgb.shape[1], rgb.shape[0]), scale)
     method = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, method))
 

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pathodet.core.io import atomic_write_image, atomic_write_text, remove_stale_temps
 from pathodet.data.digestpath import IMAGE_SUFFIXES, NEG_DIR, POS_DIR, load_records
 from pathodet.data.geojson import read_geojson, write_geojson
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, write_predictions
-from pathodet.data.samples import read_image
 from pathodet.data.voc import write_voc
 
 
@@ -87,42 +85,6 @@ def remove_temp_files(out: Path) -> None:
     remove_stale_temps(out, patterns)
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers: ``{"index", "image"}`` or ``{"index", "error"}``."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            return {"index": i, "image": read_image(self.paths[i])}
-        except Exception as exc:  # one bad file must not stop the batch
-            text = str(exc)  # read_image's errors already start with the path
-            named = text.startswith(str(self.paths[i]))
-            return {"index": i, "error": text if named else f"{self.paths[i]}: {text}"}
-
-
-def _as_is(item: dict) -> dict:
-    """Items pass through the loader unconverted (decoded images are read-only arrays)."""
-    return item
-
-
-def decoded_images(
-    paths: Sequence[Path], num_workers: int = 1
-) -> Iterator[tuple[int, np.ndarray | str]]:
-    """``(index, decoded (H, W, 3) uint8 image or an error message naming the file)`` per
-    path, decoded by ``num_workers`` processes ahead of the detector."""
-    loader = torch.utils.data.DataLoader(
-        ImageFiles(paths), batch_size=None, num_workers=num_workers, collate_fn=_as_is,
-        prefetch_factor=2 if num_workers else None,
-    )  # fmt: skip
-    for item in loader:
-        yield item["index"], item.get("error") or np.asarray(item["image"])
-
-
 def geojson_path(out: Path, image: Path) -> Path:
     """The per-image GeoJSON, written last: an image with it is done."""
     return out / "geojson" / f"{image.stem}.geojson"
@@ -133,12 +95,14 @@ def overlay_path(out: Path, image: Path) -> Path:
 
 
 def write_image_outputs(
-    out: Path, image: Path, rgb: np.ndarray, found: ImagePredictions, overlays: bool
-) -> None:
-    """VOC XML, the overlay (``overlays``) and, last, the GeoJSON of one image."""
-    h, w = rgb.shape[:2]
+    out: Path, image: Path, size: tuple[int, int], found: ImagePredictions,
+    rgb: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """VOC XML, the overlay (when the decoded ``(H, W, 3)`` image ``rgb`` is given) and, last,
+    the GeoJSON of one image of ``size = (w, h)`` pixels."""
+    w, h = size
     write_voc(out / "xml" / f"{image.stem}.xml", image.name, w, h, found.boxes, found.scores)
-    if overlays:
+    if rgb is not None:
         atomic_write_image(overlay_path(out, image), draw_boxes(rgb, found.boxes, (255, 40, 40)))
     write_geojson(geojson_path(out, image), found.boxes, found.scores, image.name)
 

@@ -16,24 +16,34 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from pathodet.core.dist import DistInfo, init_distributed, pick_device, shutdown
 from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_record, resolve_precision
+from pathodet.data.predictions import ImagePredictions
+from pathodet.data.samples import read_image
 from pathodet.model.retinanet import FrozenDetector
 from pathodet.predict.config import PredictConfig, for_checkpoint
 from pathodet.predict.images import (
-    decoded_images,
     geojson_path,
     list_images,
     overlay_path,
     remove_temp_files,
     write_image_outputs,
     write_run_outputs,
+)
+from pathodet.predict.loader import (
+    SlideInput,
+    by_input,
+    image_input,
+    image_input_from_file,
+    raise_errors,
+    window_batches,
 )
 from pathodet.predict.reader import SlideError
 from pathodet.predict.slides import (
@@ -42,12 +52,17 @@ from pathodet.predict.slides import (
     gather_tile_parts,
     ranges,
     run_summary,
-    slide_batches,
     slide_inputs,
     survey,
     write_slide_outputs,
 )
-from pathodet.predict.windows import Timings, WindowDetector, detect_image, detect_windows, merge
+from pathodet.predict.windows import (
+    Timings,
+    WindowDetector,
+    WindowPlan,
+    detect_windows,
+    merge,
+)
 from pathodet.training.checkpoint import load_detector
 
 Progress = Callable[[str, int, int], None]
@@ -129,12 +144,49 @@ def predict(
             machine = {k: machine[k] for k in stable}
             summary["images"] = _predict_images(detector, images, out, config, fp, machine,
                                                 progress)  # fmt: skip
+            if log:
+                src = "given by --mpp" if config.mpp else "the training images' (checkpoint)"
+                log(f"images: level-0 pixel size {src}; resized by {config.detection_scale:g} "
+                    f"to the detector's {config.slides.target_mpp:g} µm/px")  # fmt: skip
         if slides:
-            summary["slides"] = _predict_slides(detector, slides, out, config, fp, dist, progress)
+            summary["slides"] = _predict_slides(detector, slides, out, config, fp, dist, progress,
+                                                log)  # fmt: skip
         return summary
     finally:
         if own_dist:
             shutdown()
+
+
+def detect_merged(
+    detector: WindowDetector, batches: Iterable[dict[str, Tensor]], plan: WindowPlan,
+    config: PredictConfig, timings: Timings | None = None,
+) -> ImagePredictions:  # fmt: skip
+    """Detections of one image: :func:`detect_windows` then :func:`merge`, at most
+    ``config.max_per_image``, best first, in the image's pixels."""
+    b, s = detect_windows(detector, batches, plan, timings=timings)
+    t = time.perf_counter()
+    keep = merge(b, s, config.nms_iou)[: config.max_per_image]
+    if timings is not None:
+        timings.merge += time.perf_counter() - t
+    return ImagePredictions(b[keep], s[keep])
+
+
+def detect_image(
+    detector: WindowDetector, rgb: np.ndarray, config: PredictConfig,
+    timings: Timings | None = None,
+) -> ImagePredictions:  # fmt: skip
+    """Detections of one ``(H, W, 3)`` uint8 image in memory, in its pixel coordinates: the
+    path of an image file in :func:`predict`, without the file (tests, benchmarks).
+
+    The image is resized by ``config.scale`` first (windows and overlap are in resized
+    pixels), as training resized it (:func:`~pathodet.data.samples.rescale_image`), padded
+    (``config.pad``), cut into windows, detected and merged (:func:`detect_merged`).
+    """
+    h, w = rgb.shape[:2]
+    inp = image_input(None, (w, h), config.detection_scale, config.window,
+                      config.overlap, config.pad, rgb=rgb)  # fmt: skip
+    batches = window_batches([inp], [range(len(inp.plan.windows))], config.batch_size, 0)
+    return detect_merged(detector, raise_errors(batches), inp.plan, config, timings)
 
 
 def _predict_images(
@@ -151,27 +203,44 @@ def _predict_images(
             and (not config.overlays or overlay_path(out, p).is_file())}  # fmt: skip
     todo = [p for i, p in enumerate(paths) if i not in done]
     problems: dict[str, str] = {}
-    for k, (i, rgb) in enumerate(decoded_images(todo, config.num_workers)):
-        if isinstance(rgb, str):
-            problems[todo[i].name] = rgb
-        else:
-            found = detect_image(detector, rgb, config)
-            write_image_outputs(out, todo[i], rgb, found, config.overlays)
+    inputs = []
+    for p in todo:  # headers only: the windows of each image are laid before decoding
+        try:
+            inputs.append(image_input_from_file(p, config.detection_scale, config.window,
+                                                config.overlap, config.pad))  # fmt: skip
+        except ValueError as exc:
+            problems[p.name] = str(exc)
+    finished = len(done) + len(problems)
+    indices = [range(len(inp.plan.windows)) for inp in inputs]
+    batches = window_batches(inputs, indices, config.batch_size, config.num_workers)
+    for j, group in by_input(batches):
+        path = inputs[j].path
+        try:
+            found = detect_merged(detector, raise_errors(group), inputs[j].plan, config)
+        except SlideError as exc:  # groupby skips the rest of this image's batches
+            problems[path.name] = str(exc)
+        else:  # the overlay decodes the image again, here (overlays are off by default)
+            rgb = read_image(path) if config.overlays else None
+            write_image_outputs(out, path, inputs[j].plan.size0, found, rgb)
+        finished += 1
         if progress:
-            progress("images", len(done) + k + 1, len(paths))
+            progress("images", finished, len(paths))
     preds = write_run_outputs(out, paths, problems)
     return {
         "images": len(preds),
         "predictions": int(sum(len(p.scores) for p in preds.values())),
         "problems": len(problems),
         "skipped": len(done),
+        "scale": config.detection_scale,
+        "mpp": config.mpp,
+        "detector_mpp": config.slides.target_mpp,
         "out": str(out),
     }
 
 
 def _predict_slides(
     detector: WindowDetector, slides: list[Path], out: Path, config: PredictConfig, fp: dict,
-    dist: DistInfo, progress: Progress | None,
+    dist: DistInfo, progress: Progress | None, log: Callable[[str], None] | None = None,
 ) -> dict:  # fmt: skip
     """Every slide (this rank's share): its folder of outputs, then ``slides.json``."""
     names: dict[str, Path] = {}
@@ -207,6 +276,8 @@ def _predict_slides(
             rec = {"slide": path.name, "status": "failed", "error": msg}
         if rec is not None:
             records.append(rec)
+            if log and rec.get("mpp_note"):
+                log(rec["mpp_note"])
     return run_summary(out, records, dist, split)
 
 
@@ -217,14 +288,15 @@ def _one_slide(
     """Detect one slide and write its folder; None on a rank that only contributed windows."""
     t0 = time.perf_counter()
     timings = Timings()
-    info, thumb, plan = survey(path, config.slides, config.tile, config.overlap)
+    info, thumb, plan = survey(path, config.slides, config.window, config.overlap, config.mpp)
     n = len(plan.windows)
     shared = config.slides.split == "tiles" and dist.world_size > 1
     idx = ranges(n, dist.world_size)[dist.rank] if shared else range(n)
-    batches = slide_batches(path, plan, idx, config.slides, config.batch_size, config.num_workers)
+    slide = SlideInput(path, plan)
+    batches = window_batches([slide], [idx], config.batch_size, config.num_workers)
 
     def detect() -> tuple[np.ndarray, np.ndarray]:
-        return detect_windows(detector, batches, plan, len(idx), step, timings)
+        return detect_windows(detector, raise_errors(batches), plan, len(idx), step, timings)
 
     found = gather_tile_parts(folder / "parts", path, dist, detect) if shared else detect()
     if found is None:
@@ -239,5 +311,7 @@ def _one_slide(
         {"timings": timings.as_dict(), "fingerprint": fp},
     )  # fmt: skip
     return {"slide": path.name, "status": "done", "folder": str(folder),
+            "vendor": info.vendor, "mpp": float(np.mean(info.mpp)),
+            "mpp_source": info.mpp_source, "mpp_note": info.mpp_note,
             "src_count": summary["src_count"], "tissue_area_mm2": summary["tissue_area_mm2"],
             "src_per_mm2": summary["src_per_mm2"]}  # fmt: skip

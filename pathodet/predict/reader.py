@@ -2,9 +2,20 @@
 
 OpenSlide reads SVS, NDPI, MRXS, SCN, BIF, Philips TIFF and generic tiled TIFF; anything
 else Pillow can decode (a large JPEG or PNG, a strip TIFF) opens as a one-level slide
-(openslide-python's ``ImageSlide``), decoded whole on first read. Microns per pixel come
-from the slide's metadata (``openslide.mpp-x``/``-y``); a slide without it gets the
-``assumed_mpp`` the caller passes, and :attr:`SlideInfo.mpp_source` says so.
+(openslide-python's ``ImageSlide``), decoded whole on first read.
+
+The level-0 pixel size is a measurement, not a guess (:func:`resolve_mpp`). In order:
+
+1. ``mpp`` given by the caller (``pathodet predict --mpp``) overrides any source;
+2. the file's own (``openslide.mpp-x``/``-y``) when it is plausible (:data:`MPP_PLAUSIBLE`):
+   a converter that writes TIFF resolution tags by default gives 72 dpi (352.8 µm/px) or
+   1 pixel/cm (10,000 µm/px), which is no scanner's;
+3. the objective power (``openslide.objective-power``, Aperio's ``AppMag``) as
+   ``10 / power`` µm/px (:func:`objective_mpp`): 20x is 0.5, 40x 0.25;
+4. ``assumed_mpp``.
+
+:attr:`SlideInfo.mpp_source` says which one was used and :attr:`SlideInfo.mpp_note` why,
+whenever it was not the file's own value.
 
 All coordinates passed in and out are level-0 pixels unless a name says otherwise.
 """
@@ -18,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 # suffixes that mean "whole slide" on the command line (plain .tif/.tiff are checked by content)
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 
 
 class SlideError(Exception):
@@ -35,8 +46,10 @@ class SlideInfo:
         level_dimensions: ``(width, height)`` pixels of every level, level 0 first.
         level_downsamples: level-0 pixels per level pixel, level 0 first (1.0).
         mpp: ``(x, y)`` microns per level-0 pixel.
-        mpp_source: ``"metadata"`` or ``"assumed"`` (the slide carries no resolution).
+        mpp_source: ``"override"`` (``--mpp``), ``"metadata"``, ``"objective-power"`` or
+            ``"assumed"``; see :func:`resolve_mpp`.
         objective_power: the scanner's magnification, when the slide reports it.
+        mpp_note: why the file's own pixel size was not used (None when it was).
     """
 
     path: Path
@@ -46,6 +59,7 @@ class SlideInfo:
     mpp: tuple[float, float]
     mpp_source: str
     objective_power: float | None = None
+    mpp_note: str | None = None
     properties: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def level_mpp(self, level: int) -> float:
@@ -61,6 +75,7 @@ class SlideInfo:
             "mpp": list(self.mpp),
             "mpp_source": self.mpp_source,
             "objective_power": self.objective_power,
+            "mpp_note": self.mpp_note,
         }
 
 
@@ -82,10 +97,20 @@ def is_slide_file(path: str | os.PathLike[str]) -> bool:
 
 
 class Slide:
-    """An open slide. Not picklable: each DataLoader worker opens its own (see ``path``)."""
+    """An open slide. Not picklable: each DataLoader worker opens its own (see ``path``).
 
-    def __init__(self, path: str | os.PathLike[str], assumed_mpp: float = 0.25) -> None:
-        import openslide
+    Args:
+        assumed_mpp: level-0 µm/px when the file gives neither a plausible pixel size nor
+            an objective power.
+        mpp: level-0 µm/px that overrides whatever the file says.
+
+    Raises:
+        SlideError: the file is missing, empty, or no slide or image.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], assumed_mpp: float = 0.25, mpp: float | None = None
+    ) -> None:
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -93,10 +118,12 @@ class Slide:
         if self.path.stat().st_size == 0:
             raise SlideError(f"{self.path}: empty file")
         try:
-            self._osr = openslide.open_slide(str(self.path))
+            self._osr = _open(self.path)
+        except SlideError:
+            raise
         except Exception as exc:  # OpenSlideError, PIL.UnidentifiedImageError, OSError
             raise SlideError(f"{self.path}: cannot open as a slide or image ({exc})") from exc
-        self.info = _info(self.path, self._osr, assumed_mpp)
+        self.info = _info(self.path, self._osr, assumed_mpp, mpp)
 
     def read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """``(height, width, 3)`` uint8 RGB of ``level``; ``(x, y)`` is the top-left in level 0.
@@ -128,6 +155,58 @@ class Slide:
         self.close()
 
 
+def _open(path: Path) -> object:
+    """The reader of a file, with OpenSlide's interface.
+
+    * What OpenSlide recognises: OpenSlide; a DICOM instance it refuses (a lone or
+      non-conformant one): :class:`~pathodet.predict.dicom.DicomSlide`.
+    * Any other image (a plain image, a strip TIFF) is a one-level slide. Up to the pixel
+      guard (:func:`~pathodet.data.samples.max_pixels_limit`) OpenSlide's ``ImageSlide``
+      decodes it whole; above it a strip TIFF is read strip by strip
+      (:class:`~pathodet.predict.striptiff.StripTiff`), and anything else is refused.
+
+    Raises:
+        SlideError: the file is over the guard and cannot be read in parts; a DICOM file
+            that neither reader takes.
+    """
+    import openslide
+    from PIL import Image
+
+    from pathodet.data.samples import max_pixels_limit
+    from pathodet.predict.dicom import DicomSlide, is_dicom
+
+    fmt = openslide.OpenSlide.detect_format(str(path))
+    if fmt == "dicom" or (fmt is None and is_dicom(path)):
+        try:
+            return openslide.OpenSlide(str(path))
+        except openslide.OpenSlideError as first:
+            try:
+                return DicomSlide(path)
+            except ValueError as exc:
+                raise SlideError(f"{path}: cannot read this DICOM file: OpenSlide: {first}; "
+                                 f"pathodet: {exc}") from exc  # fmt: skip
+    if fmt is not None:
+        return openslide.OpenSlide(str(path))
+    guard = max_pixels_limit()
+    with Image.open(path) as im:  # header only
+        w, h = im.size
+        is_tiff = im.format == "TIFF"
+    if w * h <= guard:
+        return openslide.ImageSlide(str(path))
+    if not is_tiff:
+        raise SlideError(f"{path}: {w}x{h} pixels, above the {guard:,}-pixel guard, and a "
+                         f"{Path(path).suffix or 'plain'} image can only be decoded whole; "
+                         "raise the guard with PATHODET_MAX_PIXELS=... if this machine has "
+                         "the memory (3 bytes per pixel), or convert it to a tiled pyramidal "
+                         "TIFF")  # fmt: skip
+    from pathodet.predict.striptiff import StripTiff
+
+    try:
+        return StripTiff(path, guard)
+    except ValueError as exc:
+        raise SlideError(f"{path}: {w}x{h} pixels, above the {guard:,}-pixel guard: {exc}") from exc
+
+
 def _float(props: dict[str, str], key: str) -> float | None:
     try:
         v = float(props[key])
@@ -136,14 +215,63 @@ def _float(props: dict[str, str], key: str) -> float | None:
     return v if np.isfinite(v) and v > 0 else None
 
 
-def _info(path: Path, osr: object, assumed_mpp: float) -> SlideInfo:
+MPP_PLAUSIBLE = (0.1, 2.0)
+"""Level-0 µm/px a brightfield slide scanner can have: about 0.1 (100x oil) to 2 (5x).
+A value outside is a converter's default resolution tag (72 dpi: 352.8 µm/px; 1
+pixel/cm: 10,000 µm/px; 1000 or 25 µm/px as OpenSlide reports some tiled TIFFs), not a
+measurement."""
+
+
+def objective_mpp(power: float) -> float:
+    """Level-0 µm/px of a scan at objective ``power``: ``10 / power`` (20x: 0.5, 40x: 0.25).
+
+    The convention of slide scanners with a 10 µm/px-at-1x optical path (Aperio AT2 and
+    GT450: 0.50 / 0.25 µm/px at 20x / 40x; Hamamatsu: 0.46 / 0.23), good to about 10%.
+    """
+    return 10.0 / power
+
+
+def resolve_mpp(
+    path: Path, props: dict[str, str], assumed_mpp: float, mpp: float | None = None
+) -> tuple[tuple[float, float], str, str | None]:
+    """``(mpp_xy, source, note)``: the level-0 pixel size of a slide and where it came from.
+
+    See the module docstring for the order of the sources. ``note`` explains, naming the
+    file, why the file's own value was not used (None when it was).
+
+    Raises:
+        SlideError: ``mpp`` itself is outside :data:`MPP_PLAUSIBLE` (a typo: 25 for 0.25).
+    """
+    lo, hi = MPP_PLAUSIBLE
+    if mpp is not None:
+        if not lo <= mpp <= hi:
+            raise SlideError(f"{path}: --mpp {mpp:g} is outside the plausible {lo:g}-{hi:g} "
+                             "µm/px of a slide scanner")  # fmt: skip
+        return (mpp, mpp), "override", f"{path}: pixel size {mpp:g} µm/px given by --mpp"
+    mx, my = _float(props, "openslide.mpp-x"), _float(props, "openslide.mpp-y")
+    problem = None
+    if mx is not None and my is not None:
+        if lo <= mx <= hi and lo <= my <= hi:
+            return (mx, my), "metadata", None
+        problem = (f"the file's {mx:g} x {my:g} µm/px is no scanner's (outside {lo:g}-{hi:g} "
+                   "µm/px: a converter's default or a placeholder)")  # fmt: skip
+    else:
+        problem = "the file gives no pixel size"
+    power = _float(props, "openslide.objective-power") or _float(props, "aperio.AppMag")
+    if power is not None and 1 <= power <= 100:
+        v = objective_mpp(power)
+        return (v, v), "objective-power", (
+            f"{path}: {problem}; using its {power:g}x objective power: {v:g} µm/px "
+            "(--mpp sets it)")  # fmt: skip
+    a = float(assumed_mpp)
+    return (a, a), "assumed", (f"{path}: {problem} and no objective power; assuming {a:g} "
+                               "µm/px (--mpp sets it)")  # fmt: skip
+
+
+def _info(path: Path, osr: object, assumed_mpp: float, mpp: float | None = None) -> SlideInfo:
     props = dict(getattr(osr, "properties", {}))
     vendor = props.get("openslide.vendor", "image")
-    mx, my = _float(props, "openslide.mpp-x"), _float(props, "openslide.mpp-y")
-    if mx is not None and my is not None:
-        mpp, source = (mx, my), "metadata"
-    else:
-        mpp, source = (float(assumed_mpp), float(assumed_mpp)), "assumed"
+    mpp_xy, source, note = resolve_mpp(path, props, assumed_mpp, mpp)
     dims = tuple((int(w), int(h)) for w, h in osr.level_dimensions)  # type: ignore[attr-defined]
     if dims[0][0] <= 0 or dims[0][1] <= 0:
         raise SlideError(f"{path}: level 0 has no pixels ({dims[0][0]}x{dims[0][1]})")
@@ -152,9 +280,11 @@ def _info(path: Path, osr: object, assumed_mpp: float) -> SlideInfo:
         vendor=vendor,
         level_dimensions=dims,
         level_downsamples=tuple(float(d) for d in osr.level_downsamples),  # type: ignore[attr-defined]
-        mpp=mpp,
+        mpp=mpp_xy,
         mpp_source=source,
-        objective_power=_float(props, "openslide.objective-power"),
+        objective_power=_float(props, "openslide.objective-power")
+        or _float(props, "aperio.AppMag"),
+        mpp_note=note,
         properties=props,
     )
 

@@ -26,12 +26,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
 from pathodet.core.dist import DistInfo, barrier
 from pathodet.core.io import atomic_write_bytes, atomic_write_text
@@ -52,16 +50,20 @@ class NoTissue(SlideError):
     """A slide on which the tissue detector finds nothing."""
 
 
-def survey(path: Path, settings: SlideConfig, tile: int, overlap: int) -> tuple:
+def survey(
+    path: Path, settings: SlideConfig, tile: int, overlap: int, mpp: float | None = None
+) -> tuple:
     """Open a slide, find its tissue and lay the windows: ``(info, overview, plan)``.
 
     The overview (long side ``OVERVIEW_SIDE`` pixels) is for the pictures; the tissue mask
     is computed on a coarser one at ``settings.tissue.mask_mpp``.
 
+    ``mpp`` overrides the level-0 µm/px the file says (:func:`~pathodet.predict.reader.resolve_mpp`).
+
     Raises:
         SlideError: unreadable slide. NoTissue: nothing on the glass.
     """
-    with Slide(path, settings.assumed_mpp) as slide:
+    with Slide(path, settings.assumed_mpp, mpp) as slide:
         info = slide.info
         mask_ds = max(1.0, settings.tissue.mask_mpp / float(np.mean(info.mpp)))
         small = thumbnail(slide, mask_ds)
@@ -71,56 +73,6 @@ def survey(path: Path, settings: SlideConfig, tile: int, overlap: int) -> tuple:
     if not mask.any():
         raise NoTissue(f"{path}: no tissue found (saturation below threshold everywhere)")
     return info, view, plan_slide(info, mask, mask_ds, tile, overlap, settings)
-
-
-def read_window(slide: Slide, x0: int, y0: int, level: int, read: int, tile: int) -> np.ndarray:
-    """``(tile, tile, 3)`` uint8: the ``read`` x ``read`` pixels of ``level`` at level-0
-    ``(x0, y0)``, resized to ``tile`` when they differ (area averaging when shrinking)."""
-    rgb = slide.read(x0, y0, level, read, read)
-    if read != tile:
-        interp = cv2.INTER_AREA if read > tile else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
-    return rgb
-
-
-class SlideWindows(torch.utils.data.Dataset):
-    """Windows of one slide as ``{"index", "image" (3, tile, tile) uint8}``.
-
-    The slide is opened lazily, once per process, so the dataset can be sent to workers.
-    A window read at another resolution than the detector's is resized to ``tile``.
-    """
-
-    def __init__(self, path: Path, plan: SlidePlan, indices: Sequence[int], assumed_mpp: float):
-        self.path, self.plan, self.indices = Path(path), plan, list(indices)
-        self.assumed_mpp = assumed_mpp
-        self._slide: Slide | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> dict:
-        if self._slide is None:
-            self._slide = Slide(self.path, self.assumed_mpp)
-        i = self.indices[k]
-        p = self.plan
-        x0, y0 = p.origin(i)
-        rgb = read_window(self._slide, round(x0), round(y0), p.level, p.read, p.tile)
-        return {"index": i, "image": torch.from_numpy(rgb).permute(2, 0, 1).contiguous()}
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_slide": None}
-
-
-def slide_batches(
-    path: Path, plan: SlidePlan, indices: Sequence[int], settings: SlideConfig,
-    batch_size: int, num_workers: int,
-) -> Iterable[dict]:  # fmt: skip
-    """Batches of windows ``indices`` read by ``num_workers`` processes (each opens the slide
-    itself): the input of :func:`~pathodet.predict.windows.detect_windows`."""
-    return torch.utils.data.DataLoader(
-        SlideWindows(path, plan, indices, settings.assumed_mpp), batch_size=batch_size,
-        num_workers=num_workers, prefetch_factor=2 if num_workers else None,
-    )  # fmt: skip
 
 
 def file_id(path: Path) -> dict:

@@ -31,11 +31,8 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from pathodet.core.machine import share_cores
-from pathodet.data.predictions import ImagePredictions
-from pathodet.data.samples import rescale_image
 from pathodet.data.tiling import window_starts
 from pathodet.model.boxes import paired_iou
-from pathodet.predict.config import DEFAULT_TILE, PredictConfig
 
 MIN_BOX_SIDE = 1.0
 """Level-0 pixels: a detection clipped to the image edge that is narrower or lower than
@@ -143,19 +140,6 @@ def pad_to(
             return np.pad(rgb, pads, constant_values=255)
         return np.pad(rgb, pads, mode="symmetric")
     return rgb
-
-
-def image_batches(
-    padded: np.ndarray, plan: ImagePlan, batch_size: int
-) -> Iterable[dict[str, Tensor]]:
-    """Windows of an in-memory (resized, padded) image as ``{"index" (B,), "image" (B, 3,
-    h, w) uint8}`` batches, the form a slide's window loader yields."""
-    th, tw = plan.tile_h, plan.tile_w
-    for k in range(0, len(plan.windows), batch_size):
-        idx = range(k, min(k + batch_size, len(plan.windows)))
-        crops = np.stack([padded[y : y + th, x : x + tw] for x, y in plan.windows[idx]])
-        yield {"index": torch.as_tensor(list(idx)),
-               "image": torch.from_numpy(crops).permute(0, 3, 1, 2)}  # fmt: skip
 
 
 @dataclass
@@ -276,31 +260,3 @@ def merge(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.nda
             keep.append(group[nms(t[idx], s[idx], iou_threshold).numpy()])
     kept = np.concatenate(keep)
     return kept[np.argsort(-scores[kept], kind="stable")].astype(np.int64)
-
-
-def detect_image(
-    detector: WindowDetector,
-    rgb: np.ndarray,
-    config: PredictConfig,
-    timings: Timings | None = None,
-) -> ImagePredictions:
-    """Detections of one ``(H, W, 3)`` uint8 image in its pixel coordinates.
-
-    The image is resized by ``config.scale`` first (windows and overlap are in resized
-    pixels; as training resized it, :func:`~pathodet.data.samples.rescale_image`), padded
-    (``config.pad``), cut into windows, detected, and merged; at most
-    ``config.max_per_image`` detections are kept, best first.
-    """
-    h, w = rgb.shape[:2]
-    scale = 1.0 if config.scale is None else config.scale
-    small = rgb if scale == 1.0 else rescale_image(rgb, scale)
-    plan = image_plan((w, h), (small.shape[1], small.shape[0]), config.tile or DEFAULT_TILE,
-                      config.overlap)  # fmt: skip
-    padded = pad_to(small, plan.tile_h, plan.tile_w, config.pad)
-    batches = image_batches(padded, plan, config.batch_size)
-    b, s = detect_windows(detector, batches, plan, timings=timings)
-    t = time.perf_counter()
-    keep = merge(b, s, config.nms_iou)[: config.max_per_image]
-    if timings is not None:
-        timings.merge += time.perf_counter() - t
-    return ImagePredictions(b[keep], s[keep])

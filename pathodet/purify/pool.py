@@ -25,8 +25,9 @@ from pathodet.data.digestpath import (
 from pathodet.data.samples import image_size, read_image
 from pathodet.data.tiling import tile_grid
 from pathodet.predict.config import SlideConfig
+from pathodet.predict.loader import read_window
 from pathodet.predict.reader import Slide, SlideError, is_slide_file
-from pathodet.predict.slides import read_window, survey
+from pathodet.predict.slides import survey
 
 
 @dataclass(frozen=True)
