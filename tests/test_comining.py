@@ -58,14 +58,21 @@ def test_nms_at_theta1_keeps_the_best_of_overlapping_boxes():
     assert len(found) == 3
 
 
-def test_boxes_overlapping_an_annotation_by_more_than_theta2_are_dropped():
-    gt = _t([[0, 0, 10, 20]])
-    half = [0, 0, 10, 10]  # IoU 100 / 200 = 0.5 exactly: not > theta2, kept
-    most = [0, 4, 10, 20]  # IoU 160 / 200 = 0.8: dropped (IoU 0.3 with half: no NMS)
-    free = [40, 40, 50, 50]  # no overlap: kept
-    found, _ = co_generate(_t([half, most, free]), torch.tensor([0.9, 0.95, 0.7]), gt)
-    assert torch.equal(found, _t([half, free]))
-    found, _ = co_generate(_t([half, most, free]), torch.tensor([0.9, 0.95, 0.7]), gt, theta2=0.4)
+def test_boxes_that_are_the_same_cell_as_an_annotation_are_dropped():
+    """Step 3 under pathodet's one "same cell" rule: IoU >= 0.3 (inclusive) with an
+    annotated box. IoUs by hand against the 10 x 10 box at the origin: a 3 x 10 box inside
+    it 30 / 100 = 0.3 (dropped), 2.9 x 10 29 / 100 = 0.29 (kept), a 10 x 20 box over it
+    100 / 200 = 0.5 (dropped)."""
+    gt = _t([[0, 0, 10, 10]])
+    free = [40, 40, 50, 50]  # no overlap: always kept
+    scores = torch.tensor([0.9, 0.7])
+    for box, kept in (([0, 0, 3, 10], False), ([0, 0, 2.9, 10], True), ([0, 0, 10, 20], False)):
+        found, _ = co_generate(_t([box, free]), scores, gt)
+        assert torch.equal(found, _t([box, free] if kept else [free])), box
+    # an explicit theta2 moves the bar: at 0.5 the 0.3-IoU box is another cell
+    found, _ = co_generate(_t([[0, 0, 3, 10], free]), scores, gt, theta2=0.5)
+    assert torch.equal(found, _t([[0, 0, 3, 10], free]))
+    found, _ = co_generate(_t([[0, 0, 10, 20], free]), scores, gt, theta2=0.5)
     assert torch.equal(found, _t([free]))
 
 

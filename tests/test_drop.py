@@ -190,10 +190,15 @@ def test_write_voc_then_read_keeps_every_bit(tmp_path):
 
     rng = np.random.default_rng(2)
     boxes32 = (rng.random((200, 4)) * 4000).astype(np.float32)
+    # well-formed boxes (x1 < x2, y1 < y2): degenerate ones are not written (issue 25)
+    boxes32 = np.concatenate([np.minimum(boxes32[:, :2], boxes32[:, 2:]),
+                              np.maximum(boxes32[:, :2], boxes32[:, 2:])], axis=1)  # fmt: skip
     p = write_voc(tmp_path / "a.xml", "a b.jpeg", 4000, 4000, boxes32)
     np.testing.assert_array_equal(read_voc(p).boxes, boxes32)
     np.testing.assert_array_equal(parse_boxes(p), boxes32)
     boxes64 = rng.random((50, 4)) * 1e5
+    boxes64 = np.concatenate([np.minimum(boxes64[:, :2], boxes64[:, 2:]),
+                              np.maximum(boxes64[:, :2], boxes64[:, 2:])], axis=1)  # fmt: skip
     p = write_voc(tmp_path / "b.xml", "b", 1, 1, boxes64)
     import xml.etree.ElementTree as ET
 

@@ -233,7 +233,6 @@ def test_predictions_csv_round_trip_and_errors(tmp_path):
         "nan": (header + "a.jpg,1,1,5,5,0.5\na.jpg,nan,1,5,5,0.5\n", ":3: NaN"),
         "inf": (header + "a.jpg,1,1,inf,5,0.5\n", ":2: NaN or infinite"),
         "reversed": (header + "a.jpg,5,1,1,5,0.5\n", ":2: box with x2 <= x1"),
-        "negative": (header + "a.jpg,-1,1,5,5,0.5\n", ":2: negative"),
         "score": (header + "a.jpg,1,1,5,5,1.5\n", ":2: score 1.5 outside"),
         "text": (header + "a.jpg,1,one,5,5,0.5\n", ":2: x1,y1,x2,y2,score must be numbers"),
         "columns": ("image,x1,y1,x2,y2\na.jpg,1,1,5,5\n", "missing column(s) score"),

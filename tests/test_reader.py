@@ -199,8 +199,12 @@ def test_header_only_check_does_not_decode(tmp_path):
 
 
 def reference_validate(boxes, width, height):
-    """Slow per-box reference: (kept boxes, n clipped, degenerate indices, outside indices)."""
-    kept, clipped, degenerate, outside = [], 0, [], []
+    """Slow per-box reference: (kept boxes, n clipped, degenerate, outside, overhanging).
+
+    The rule (issue 25): on each axis the part outside the image, both sides together, may
+    be up to half the box side, or 2 px for boxes smaller than 4 px; a box overhanging more
+    is left out, as is one with nothing inside."""
+    kept, clipped, degenerate, outside, overhanging = [], 0, [], [], []
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float32).tolist()):
         if x1 >= x2 or y1 >= y2:
             degenerate.append(i)
@@ -209,10 +213,15 @@ def reference_validate(boxes, width, height):
         if c[0] >= c[2] or c[1] >= c[3]:
             outside.append(i)
             continue
+        out_x = max(0, -x1) + max(0, x2 - width)
+        out_y = max(0, -y1) + max(0, y2 - height)
+        if out_x > max(2, (x2 - x1) / 2) or out_y > max(2, (y2 - y1) / 2):
+            overhanging.append(i)
+            continue
         if c != [x1, y1, x2, y2]:
             clipped += 1
         kept.append(c)
-    return np.asarray(kept, np.float32).reshape(-1, 4), clipped, degenerate, outside
+    return np.asarray(kept, np.float32).reshape(-1, 4), clipped, degenerate, outside, overhanging
 
 
 def test_validate_boxes_matches_reference_on_random_boxes():
@@ -234,16 +243,18 @@ def test_validate_boxes_matches_reference_on_random_boxes():
         if trial % 7 == 0 and n:  # integer coordinates on the borders
             boxes = rng.choice([-5, 0, 3, w - 3, w, w + 5], size=(n, 4)).astype(float)
         kept, n_clipped, problems = validate_boxes(boxes, w, h, "ann.xml")
-        ref_kept, ref_clipped, degenerate, outside = reference_validate(boxes, w, h)
+        ref_kept, ref_clipped, degenerate, outside, over = reference_validate(boxes, w, h)
         np.testing.assert_array_equal(kept, ref_kept)
         assert kept.dtype == np.float32
         assert n_clipped == ref_clipped
-        assert len(problems) == len(degenerate) + len(outside)
+        assert len(problems) == len(degenerate) + len(outside) + len(over)
         assert all(p.file == "ann.xml" for p in problems)
         for i in degenerate:
             assert sum(p.error.startswith(f"box {i} ") and "xmin >= xmax" in p.error for p in problems) == 1  # fmt: skip
         for i in outside:
             assert sum(p.error.startswith(f"box {i} ") and f"outside the {w}x{h}" in p.error for p in problems) == 1  # fmt: skip
+        for i in over:
+            assert sum(p.error.startswith(f"box {i} ") and f"overhangs the {w}x{h}" in p.error for p in problems) == 1  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -251,8 +262,10 @@ def test_validate_boxes_matches_reference_on_random_boxes():
     [
         ((10, 10, 20, 20), (10, 10, 20, 20), 0, None),
         ((0, 0, 100, 80), (0, 0, 100, 80), 0, None),  # exactly the image: inside
-        ((-10, 5, 20, 20), (0, 5, 20, 20), 1, None),  # partly outside: clipped
-        ((90, 70, 130, 95), (90, 70, 100, 80), 1, None),
+        ((-10, 5, 20, 20), (0, 5, 20, 20), 1, None),  # a third outside: clipped
+        ((90, 70, 110, 90), (90, 70, 100, 80), 1, None),  # half outside: clipped
+        ((90, 70, 130, 95), None, 0, "overhangs the 100x80 image by 30 px"),  # 3/4 outside
+        ((-0.4, 5, 1, 20), (0, 5, 1, 20), 1, None),  # 0.4 of 1.4 px outside: within 2 px
         ((-10, -10, 110, 90), (0, 0, 100, 80), 1, None),  # larger than the image
         ((100, 10, 120, 20), None, 0, "outside"),  # touches the right border from outside
         ((-20, 10, 0, 20), None, 0, "outside"),
@@ -299,13 +312,16 @@ def test_load_sample_with_quirky_name_and_float_boxes(tmp_path):
     )
     s = load_sample(_record(img, annotation=xml))
     assert (s.width, s.height) == (300, 200)
-    np.testing.assert_array_equal(
-        s.boxes, [[10.5, 20.25, 40.75, 60.0], [0, 190.5, 30, 200], [290, 5, 300, 50]]
-    )
-    assert s.clipped == 2
-    assert [p.file for p in s.problems] == [str(xml), str(xml)]
-    assert "box 3 " in s.problems[0].error and "xmin >= xmax" in s.problems[0].error
-    assert "box 4 " in s.problems[1].error and "outside" in s.problems[1].error
+    # box 1: 10 of its 19.5 px height below the image (more than half): left out;
+    # box 2: 30 of its 40 px width right of the image: left out (issue 25's overhang rule)
+    np.testing.assert_array_equal(s.boxes, [[10.5, 20.25, 40.75, 60.0]])
+    assert s.clipped == 0
+    assert [p.file for p in s.problems] == [str(xml)] * 4
+    errors = [p.error for p in s.problems]
+    assert errors[0].startswith("object 1 ") and "overhangs the 300x200 image by 10 px" in errors[0]
+    assert errors[1].startswith("object 2 ") and "overhangs the 300x200 image by 30 px" in errors[1]
+    assert errors[2].startswith("object 3 ") and "xmin >= xmax" in errors[2]
+    assert errors[3].startswith("object 4 ") and "outside" in errors[3]
 
 
 def test_load_sample_ap_without_xml_is_a_problem(tmp_path):
@@ -347,7 +363,8 @@ def test_load_sample_malformed_xml_is_a_problem_naming_the_xml(tmp_path):
 
 def test_load_sample_size_mismatch_uses_the_image(tmp_path):
     img = write_image(tmp_path / "a.jpeg", 100, 60)
-    xml = write_voc_text(tmp_path / "a.xml", [(90, 50, 120, 70)], width=200, height=200)
+    # half of the box outside on both axes: within the overhang allowance, clipped
+    xml = write_voc_text(tmp_path / "a.xml", [(90, 50, 110, 70)], width=200, height=200)
     s = load_sample(_record(img, annotation=xml))
     np.testing.assert_array_equal(s.boxes, [[90, 50, 100, 60]])
     assert s.clipped == 1

@@ -35,6 +35,7 @@ from pathodet.data.samples import load_sample
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.synth.slide import write_synthetic_slide
 from pathodet.data.voc import read_voc
+from pathodet.model.boxes import SAME_CELL_IOU
 from pathodet.review.cases import Case, PathRefused, inside, load_cases, run_id
 from pathodet.review.export import export_reviews, merged_annotations
 from pathodet.review.logic import (
@@ -591,22 +592,43 @@ def test_evaluation_runs_found_up_to_two_levels_down(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 5. export
 
 
-def test_merged_annotations_same_cell_at_iou_one_half() -> None:
-    """An accepted box at IoU 0.5 with an annotation is the same cell; just below, a new one."""
+def test_merged_annotations_same_cell_at_the_challenge_iou() -> None:
+    """An accepted box at IoU >= 0.3 with an annotation is the same cell (the challenge's
+    matching IoU, as evaluation); just below, a new one. IoUs by hand: a 10 x 10 box and a
+    3 x 10 box inside it: 30 / 100 = 0.3; 2.9 x 10: 29 / 100 = 0.29."""
     ann = np.array([[0.0, 0.0, 10.0, 10.0]])
 
     def decision(action: str, box: tuple[float, ...]) -> Decision:
         return Decision(1, "a", cell_key(box), action, box, None, "alice", "t")
 
-    same = merged_annotations(ann, [decision("accept", (0.0, 0.0, 10.0, 20.0))])  # IoU 0.5
-    new = merged_annotations(ann, [decision("accept", (0.0, 0.0, 10.0, 21.0))])  # IoU < 0.5
+    same = merged_annotations(ann, [decision("accept", (0.0, 0.0, 3.0, 10.0))])  # IoU 0.3
+    new = merged_annotations(ann, [decision("accept", (0.0, 0.0, 2.9, 10.0))])  # IoU 0.29
     rejected = merged_annotations(ann, [decision("reject", (50.0, 50.0, 60.0, 60.0))])
     twice = merged_annotations(
         ann, [decision("accept", (50, 50, 60, 60)), decision("add", (50, 50, 60, 61))]
     )
-    assert rows(same) == rows(ann) and rows(rejected) == rows(ann)
-    assert rows(new) == rows([[0, 0, 10, 10], [0, 0, 10, 21]])
+    sliver = merged_annotations(ann, [decision("add", (50.0, 50.0, 50.001, 60.0))])
+    assert rows(same) == rows(ann) and rows(rejected) == rows(ann) and rows(sliver) == rows(ann)
+    assert rows(new) == rows([[0, 0, 10, 10], [0, 0, 2.9, 10]])
     assert rows(twice) == rows([[0, 0, 10, 10], [50, 50, 60, 60]])
+
+
+def test_accepting_a_looser_box_of_an_annotated_cell_exports_one_box(tmp_path: Path) -> None:
+    """Issue 25, kind 5: the pathologist's box (10 x 10) and the detection a reviewer
+    accepts for the same cell (15 x 15 around it): IoU 100 / 225 = 0.444 by hand, which
+    evaluation matches (>= 0.3), so the export writes one box, not two."""
+    data = tmp_path / "data"
+    (data / POS).mkdir(parents=True)
+    Image.new("RGB", (64, 48), "white").save(data / POS / "img.png")
+    ann = np.array([[20.0, 10.0, 30.0, 20.0]])
+    case = Case(
+        "img.png", "image", data / POS / "img.png", "AP", ann, np.zeros((0, 4)), np.zeros(0)
+    )
+    store = ReviewStore(tmp_path / "review.db")
+    store.decide(RUN, "img.png", "accept", (20.0, 10.0, 35.0, 25.0), "alice", 0.9)
+    report = export_reviews(store, RUN, [case], tmp_path / "out")
+    assert rows(read_voc(tmp_path / "out" / POS / "img.xml").boxes) == rows(ann)
+    assert report["added_boxes"] == 0
 
 
 @dataclass
@@ -630,12 +652,12 @@ def review_world(world: World, store: ReviewStore, run: str) -> Reviewed:
     ann, full = world.annotated[a], world.full[a]
     p = world.preds[a]
     score = {tuple(bx): float(s) for bx, s in zip(p.boxes.tolist(), p.scores, strict=True)}
-    unannotated = [u for u in full if max(iou(u, x) for x in ann) < 0.5]
+    unannotated = [u for u in full if max(iou(u, x) for x in ann) < SAME_CELL_IOU]
     assert len(unannotated) >= 2
     u0, u1 = unannotated[:2]
     r0 = p.boxes[len(full) + 2]  # a random box, the lowest score
     added = (5.0, 5.0, 35.0, 35.0)
-    assert all(iou(np.array(added), x) < 0.5 for x in [*ann, u0])
+    assert all(iou(np.array(added), x) < SAME_CELL_IOU for x in [*ann, u0])
     store.decide(run, a, "accept", tuple(ann[0]), "alice", score[tuple(ann[0])])  # annotated
     store.decide(run, a, "accept", tuple(u0), "alice", score[tuple(u0)])  # a missed SRC
     store.decide(run, a, "accept", tuple(u1), "alice", score[tuple(u1)])
@@ -703,11 +725,14 @@ def check_export(world: World, out: Path, rv: Reviewed, run: str) -> None:
     assert doc["type"] == "FeatureCollection"
     feats = doc["features"]
     assert [f["properties"]["classification"]["name"] for f in feats] == ["SRC", "Not SRC", "SRC"]
-    assert [f["properties"]["decision"] for f in feats] == [a for a, _ in rv.slide_decisions]
+    # reviewer, decision and time in the metadata QuPath keeps on annotations
+    meta = [f["properties"]["metadata"] for f in feats]
+    assert [m["decision"] for m in meta] == [a for a, _ in rv.slide_decisions]
+    assert all(isinstance(v, str) for m in meta for v in m.values())
     for f, (_, (x1, y1, x2, y2)) in zip(feats, rv.slide_decisions, strict=True):
         ring = f["geometry"]["coordinates"][0]
         assert ring == [[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]
-        assert f["properties"]["reviewer"] == "alice"
+        assert f["properties"]["metadata"]["reviewer"] == "alice"
     report = json.loads((out / "export.json").read_text())
     assert report == {
         "run": run,

@@ -264,7 +264,8 @@ def test_tile_dataset_from_a_loaded_jpeg(tmp_path):
     from conftest import write_image, write_voc_text
 
     img = write_image(tmp_path / "x y.jpeg", 300, 250)
-    xml = write_voc_text(tmp_path / "x y.xml", [(280.5, 10, 320, 40), (5, 5, 25, 25)], width=300, height=250)  # fmt: skip
+    # the first box overhangs the 300 px image by 10 of its 29.5 px: clipped to 280.5..300
+    xml = write_voc_text(tmp_path / "x y.xml", [(280.5, 10, 310, 40), (5, 5, 25, 25)], width=300, height=250)  # fmt: skip
     sample = load_sample(ImageRecord(img, "AP", xml, "x"))
     ds = TileDataset([sample], tile=200, stride=100)
     assert len(ds) == 2 * 2

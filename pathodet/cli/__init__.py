@@ -16,6 +16,7 @@ from pathodet import __version__
 from pathodet.cli.bench import bench_app
 from pathodet.cli.commands import cv_cmd, evaluate_cmd, predict_cmd, purify_cmd, train_cmd
 from pathodet.cli.data import data_app, synth, synth_slide
+from pathodet.cli.export import export_cmd
 from pathodet.cli.review import review_app
 from pathodet.cli.util import user_errors
 
@@ -34,6 +35,7 @@ app.command("predict")(predict_cmd)
 app.command("purify")(purify_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("cv")(cv_cmd)
+app.command("export")(export_cmd)
 
 
 @app.callback(invoke_without_command=True)

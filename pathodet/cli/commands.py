@@ -66,7 +66,10 @@ def train_cmd(
 
 
 def predict_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from pathodet train.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="A checkpoint from pathodet train, or a .onnx from pathodet export."),
+    ],
     inputs: Annotated[
         list[Path], typer.Argument(help="Images, whole slides, folders or a DigestPath root.")
     ],
@@ -87,6 +90,13 @@ def predict_cmd(
     workers: Annotated[int, typer.Option(help="Image-decoding / tile-reading processes.")] = 1,
     overlays: Annotated[bool, typer.Option(help="Also write overlay PNGs (images).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="torch, or onnxruntime (CPU; a .onnx file from pathodet export, or the "
+            "checkpoint exported on the fly); auto: onnxruntime for a .onnx file."
+        ),
+    ] = "auto",
     slides: Annotated[
         bool, typer.Option("--slides", help="Treat every input file as a slide (any image).")
     ] = False,
@@ -141,7 +151,7 @@ def predict_cmd(
         config = PredictConfig(
             tile=tile, overlap=overlap, batch_size=batch_size, precision=precision,
             score_threshold=score_threshold, nms_iou=nms_iou, num_workers=workers,
-            overlays=overlays, device=device, mpp=mpp,
+            overlays=overlays, device=device, mpp=mpp, engine=engine,
             slides=SlideConfig(target_mpp=target_mpp, assumed_mpp=assumed_mpp,
                                count_threshold=count_threshold, density_um=density_um,
                                split=split),
@@ -177,8 +187,22 @@ def evaluate_cmd(
     precision: Annotated[
         str, typer.Option(help="With --checkpoint: auto (bf16 where native), fp32 or bf16.")
     ] = "auto",
+    src_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--src-name",
+            help="Class name of SRC objects in the annotations (repeatable; default "
+            "ring_cell_cancer); objects of other classes are skipped and counted.",
+        ),
+    ] = None,
 ) -> None:
-    """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision."""
+    """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision.
+
+    Boxes overhanging their image a little (annotations or predictions) are clipped and
+    counted; a prediction outside its image is left out and listed in metrics.json's
+    problems with its line.
+    """
+    from pathodet.data.voc import AnnotationRules
     from pathodet.eval.evaluate import run_evaluate
     from pathodet.eval.report import write_cross_validation
 
@@ -198,7 +222,12 @@ def evaluate_cmd(
                 predict(PredictConfig(precision=precision), checkpoint, [data],  # type: ignore[arg-type]
                         out / "predictions", progress=update)  # fmt: skip
             predictions = out / "predictions" / "predictions.csv"
-        metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou)
+        rules = AnnotationRules(src_names=tuple(src_name)) if src_name else None
+        metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou,
+                               rules=rules)  # fmt: skip
+    if metrics["problems"]:
+        typer.echo(f"pathodet evaluate: {len(metrics['problems'])} problem(s), each with its "
+                   f"file in {out / 'metrics.json'}", err=True)  # fmt: skip
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "problems"}))
 
 

@@ -10,26 +10,54 @@ import typer
 
 from pathodet.cli.util import fail, user_errors
 from pathodet.core.progress import progress_bars
+from pathodet.data.config import DataConfig
+from pathodet.data.voc import AnnotationRules
 from pathodet.training.config import load_config
 
 data_app = typer.Typer(help="Inspect, split and transform DigestPath-layout datasets.")
+
+SrcNameOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--src-name",
+        help="Class name of SRC objects in the annotations (repeatable; default "
+        "data.src_names: ring_cell_cancer). Objects of other classes are skipped and counted.",
+    ),
+]
+
+
+def annotation_rules(data_cfg: DataConfig, src_name: list[str] | None) -> AnnotationRules:
+    """The :class:`~pathodet.data.voc.AnnotationRules` of a config's ``data`` section, with
+    ``--src-name`` (when given) in place of ``data.src_names``."""
+    if src_name:
+        data_cfg = data_cfg.model_copy(update={"src_names": tuple(src_name)})
+    return data_cfg.annotation_rules()
 
 
 @data_app.command("summary")
 def data_summary(
     root: Annotated[Path, typer.Argument(help="DigestPath root or manifest CSV.")],
+    src_name: SrcNameOption = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Config YAML (data.src_names, point_box_um, mpp).")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override, key=value.")] = [],  # noqa: B006
 ) -> None:
     """Print one JSON object describing the dataset; exit 0 while it is usable.
 
+    Annotations are VOC XML or QuPath GeoJSON (<stem>.geojson when there is no <stem>.xml).
     Every unreadable image, malformed XML or bad box is listed under "problems" with its
-    file; boxes partly outside their image are clipped and counted.
+    file; boxes overhanging their image a little are clipped and counted
+    ("clipped_boxes"), objects of other classes are skipped and counted by name
+    ("other_class_objects").
     """
     from pathodet.data.digestpath import load_records
     from pathodet.data.samples import load_samples, summarize
 
     with user_errors():
+        rules = annotation_rules(load_config(config, set_).data, src_name)
         records = load_records(root)
-        samples, problems = load_samples(records)
+        samples, problems = load_samples(records, rules=rules)
         summary = summarize(samples, problems)
     typer.echo(json.dumps(summary, indent=2))
     if not summary["usable"]:
@@ -98,6 +126,7 @@ def data_tiles(
     set_: Annotated[list[str], typer.Option("--set", help="Override, key=value.")] = [],  # noqa: B006
     save: Annotated[int, typer.Option(help="Save this many tiles with boxes drawn.")] = 0,
     out: Annotated[Path, typer.Option(help="Folder for saved tiles.")] = Path("tiles"),
+    src_name: SrcNameOption = None,
 ) -> None:
     """Count the sliding-window tiles of a dataset (and save a few to look at)."""
     from pathodet.data.digestpath import load_records
@@ -107,7 +136,8 @@ def data_tiles(
     with user_errors():
         data_cfg = load_config(config, set_).data
         cfg = data_cfg.tiling
-        samples, problems = load_samples(load_records(root), verify_image=False)
+        rules = annotation_rules(data_cfg, src_name)
+        samples, problems = load_samples(load_records(root), verify_image=False, rules=rules)
         tiles = TileDataset(samples, cfg.tile_size, cfg.stride, cfg.min_visible,
                             scale=data_cfg.scale)  # fmt: skip
         attrs = tiles.attributes()

@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pathodet.core.config import Strict
+from pathodet.data.voc import SRC_NAME, AnnotationRules
+
+DEFAULT_MPP = 0.25
+"""µm/px taken for images whose ``data.mpp`` is unknown: DigestPath's 40x scans (the
+project's default elsewhere: ``predict.slides.assumed_mpp``)."""
 
 
 class TilingConfig(Strict):
@@ -54,6 +59,24 @@ class DataConfig(Strict):
         description="µm per pixel of the images as read (null: unknown); the checkpoint "
         "records mpp / scale as the µm/px the detector was trained at",
     )
+    src_names: tuple[str, ...] = Field(
+        (SRC_NAME,),
+        min_length=1,
+        description="class names of SRC objects in annotation files (VOC <name>, QuPath "
+        "classification name; compared without case); objects of other classes are skipped "
+        "and counted",
+    )
+    unnamed_src: bool = Field(
+        True,
+        description="an annotated object with no class (a VOC object without <name>, an "
+        "unclassified QuPath object) is an SRC box",
+    )
+    point_box_um: float = Field(
+        14.0,
+        gt=0,
+        description="side, µm, of the box around a point annotation (QuPath points): 56 px, "
+        "the median DigestPath SRC box, at 0.25 µm/px; converted with data.mpp (0.25 when null)",
+    )
     cache_mb: int = Field(
         2048,
         ge=0,
@@ -62,6 +85,12 @@ class DataConfig(Strict):
         "decodes its image again",
     )
     tiling: TilingConfig = TilingConfig()
+
+    def annotation_rules(self) -> AnnotationRules:
+        """Which annotated objects are SRC boxes, and the box of a point, in image pixels:
+        ``point_box_um / mpp`` (``mpp`` unknown: :data:`DEFAULT_MPP`)."""
+        mpp = self.mpp or DEFAULT_MPP
+        return AnnotationRules(tuple(self.src_names), self.unnamed_src, self.point_box_um / mpp)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

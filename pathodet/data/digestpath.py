@@ -4,6 +4,7 @@ Layout of the released data, taken as it is::
 
     <root>/sig-train-pos/<stem>.jpeg   AP images (abnormal: some SRCs boxed, many not)
     <root>/sig-train-pos/<stem>.xml    VOC boxes of the annotated SRCs
+                                       (or <stem>.geojson: a QuPath export, when no .xml)
     <root>/sig-train-neg/<stem>.jpeg   NP images (normal: no SRC at all)
     <root>/sig-train-neg/<stem>.xml    optional, holds no object
 
@@ -54,7 +55,7 @@ class ImageRecord:
         image: path of the image file.
         attribute: ``"AP"`` (abnormal, partially annotated) or ``"NP"`` (normal, no SRC);
             ``"unknown"`` only for pseudo-labeled tiles (:mod:`pathodet.data.pseudo`).
-        annotation: path of its VOC XML, or ``None`` when there is none.
+        annotation: path of its VOC XML or QuPath GeoJSON, or ``None`` when there is none.
         slide_id: the slide the image was cut from.
         fold: the cross-validation fold when read from a split manifest, else ``None``.
         case_id: the patient case of the slide (default grouping key for folds); empty
@@ -88,9 +89,18 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+ANNOTATION_SUFFIXES = (".xml", ".geojson")
+"""Annotation files beside an image, in order of preference: ``<stem>.xml`` (VOC, as
+DigestPath ships them), else ``<stem>.geojson`` (a QuPath export, :mod:`pathodet.data.qupath`)."""
+
+
 def _sidecar_xml(image: Path) -> Path | None:
-    xml = image.with_suffix(".xml")
-    return xml if xml.is_file() else None
+    """The annotation file beside ``image``: ``<stem>.xml``, else ``<stem>.geojson``, else None."""
+    for suffix in ANNOTATION_SUFFIXES:
+        found = image.with_suffix(suffix)
+        if found.is_file():
+            return found
+    return None
 
 
 def scan_digestpath(root: str | os.PathLike[str]) -> list[ImageRecord]:

@@ -3,12 +3,17 @@
 Nothing here crashes on one bad file: an unusable image raises :class:`ImageProblem` from
 :func:`load_sample` and is reported, not raised, by :func:`load_samples`; annotation
 problems are collected as :class:`~pathodet.data.digestpath.Problem` entries naming the file.
+
+Annotations are VOC XML (:mod:`pathodet.data.voc`) or QuPath GeoJSON
+(:mod:`pathodet.data.qupath`, a ``.geojson`` file); which objects are SRC boxes, and the box
+of a point annotation, follow :class:`~pathodet.data.voc.AnnotationRules`.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pathodet.data.boxes import validate_boxes
 from pathodet.data.digestpath import Attribute, ImageRecord, Problem
-from pathodet.data.voc import AnnotationError, read_voc
+from pathodet.data.qupath import GEOJSON_SUFFIXES, read_qupath
+from pathodet.data.voc import AnnotationError, AnnotationRules, VocAnnotation, read_voc
 
 MAX_PIXELS_ENV = "PATHODET_MAX_PIXELS"
 """Environment variable: the largest image (width x height, pixels) :func:`image_size` and
@@ -46,9 +53,11 @@ class Sample:
         record: the :class:`ImageRecord`.
         width, height: image size in pixels, read from the image itself.
         boxes: ``(N, 4)`` float32 ``x1, y1, x2, y2``, clipped to the image.
-        clipped: how many boxes were partly outside the image and were clipped.
+        clipped: how many boxes overhung the image within the allowance and were clipped
+            (:mod:`pathodet.data.boxes`).
         problems: everything wrong with the image or its annotation.
         pseudo: the boxes are a teacher's pseudo-labels, not annotations (PU purification).
+        other_classes: annotated objects of non-SRC classes, skipped, counted by name.
     """
 
     record: ImageRecord
@@ -58,6 +67,7 @@ class Sample:
     clipped: int = 0
     problems: list[Problem] = field(default_factory=list)
     pseudo: bool = False
+    other_classes: dict[str, int] = field(default_factory=dict)
 
     @property
     def attribute(self) -> Attribute:
@@ -209,58 +219,38 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def validate_boxes(
-    boxes: np.ndarray, width: int, height: int, file: str
-) -> tuple[np.ndarray, int, list[Problem]]:
-    """Check raw boxes against the image; clip the ones partly outside.
+def read_annotation(
+    path: str | os.PathLike[str], rules: AnnotationRules | None = None
+) -> VocAnnotation:
+    """The boxes of an annotation file: QuPath GeoJSON when its suffix is ``.geojson``
+    (:func:`~pathodet.data.qupath.read_qupath`), VOC XML otherwise
+    (:func:`~pathodet.data.voc.read_voc`).
 
-    Args:
-        boxes: ``(N, 4)`` ``x1, y1, x2, y2`` in image pixels as written in the file.
-        width, height: image size in pixels.
-        file: the annotation file, for problem messages.
-
-    Returns:
-        ``(kept, n_clipped, problems)``: kept boxes ``(K, 4)`` float32 clipped to
-        ``[0, width] x [0, height]``; boxes with ``xmin >= xmax`` / ``ymin >= ymax`` or
-        entirely outside the image are not kept and each gives a problem.
+    Raises:
+        AnnotationError: the file cannot be used at all; the message names it.
     """
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    problems: list[Problem] = []
-    degenerate = (boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3])
-    clipped = boxes.copy()
-    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-    outside = ~degenerate & ((clipped[:, 0] >= clipped[:, 2]) | (clipped[:, 1] >= clipped[:, 3]))
-    was_clipped = ~degenerate & ~outside & np.any(clipped != boxes, axis=1)
-    for i in np.flatnonzero(degenerate):
-        x1, y1, x2, y2 = boxes[i].tolist()
-        problems.append(
-            Problem(
-                file, f"box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has xmin >= xmax or ymin >= ymax"
-            )
-        )
-    for i in np.flatnonzero(outside):
-        x1, y1, x2, y2 = boxes[i].tolist()
-        problems.append(
-            Problem(
-                file,
-                f"box {i} ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image",
-            )
-        )
-    keep = ~degenerate & ~outside
-    return clipped[keep], int(was_clipped.sum()), problems
+    if Path(path).suffix.lower() in GEOJSON_SUFFIXES:
+        return read_qupath(path, rules)
+    return read_voc(path, rules)
 
 
 def load_sample(
-    record: ImageRecord, *, verify_image: bool = True, annotation: Path | None = None
+    record: ImageRecord,
+    *,
+    verify_image: bool = True,
+    annotation: Path | None = None,
+    rules: AnnotationRules | None = None,
 ) -> Sample:
     """Open one record: image size, annotation boxes validated against it.
 
     Args:
         record: the image to open.
         verify_image: decode the whole image to catch truncation (slower, ~30 ms at 2000^2).
-        annotation: read boxes from this XML instead of ``record.annotation`` (e.g. the
-            full annotations of synthetic data).
+        annotation: read boxes from this XML or GeoJSON instead of ``record.annotation``
+            (e.g. the full annotations of synthetic data).
+        rules: which objects are SRC boxes, the box of a point (default
+            :class:`~pathodet.data.voc.AnnotationRules`: ``ring_cell_cancer`` and unnamed
+            objects).
 
     Returns:
         The :class:`Sample`; annotation problems are listed in it, not raised.
@@ -277,6 +267,8 @@ def load_sample(
     ann_path = annotation if annotation is not None else record.annotation
     problems: list[Problem] = []
     raw = np.zeros((0, 4), np.float32)
+    labels: list[str] | None = None
+    others: dict[str, int] = {}
     if ann_path is None:
         if record.attribute == "AP":
             problems.append(
@@ -284,11 +276,13 @@ def load_sample(
             )
     else:
         try:
-            voc = read_voc(ann_path)
+            voc = read_annotation(ann_path, rules)
         except AnnotationError as exc:
             problems.append(Problem(str(ann_path), exc.message + " (taken as 0 boxes)"))
         else:
             raw = voc.boxes
+            labels = voc.labels or None
+            others = voc.other_classes
             problems.extend(Problem(str(ann_path), issue) for issue in voc.issues)
             if voc.width is not None and (voc.width, voc.height) != (width, height):
                 problems.append(
@@ -298,7 +292,7 @@ def load_sample(
                         f"{width}x{height}; the image's size is used",
                     )
                 )
-    boxes, n_clipped, box_problems = validate_boxes(raw, width, height, str(ann_path))
+    boxes, n_clipped, box_problems = validate_boxes(raw, width, height, str(ann_path), labels)
     problems.extend(box_problems)
     if record.attribute == "NP" and len(boxes):
         problems.append(
@@ -309,7 +303,7 @@ def load_sample(
         )
         boxes = np.zeros((0, 4), np.float32)
         n_clipped = 0  # ignored boxes are not counted as clipped ones either
-    return Sample(record, width, height, boxes, n_clipped, problems)
+    return Sample(record, width, height, boxes, n_clipped, problems, other_classes=others)
 
 
 class ImageProblem(ValueError):
@@ -321,9 +315,14 @@ class ImageProblem(ValueError):
 
 
 def load_samples(
-    records: Iterable[ImageRecord], *, verify_image: bool = True
+    records: Iterable[ImageRecord],
+    *,
+    verify_image: bool = True,
+    rules: AnnotationRules | None = None,
 ) -> tuple[list[Sample], list[Problem]]:
     """Open every record; unusable images are left out and reported, never raised.
+
+    ``rules``: which annotated objects are SRC boxes (see :func:`load_sample`).
 
     Returns:
         ``(samples, problems)`` where problems include those of kept samples.
@@ -332,7 +331,7 @@ def load_samples(
     problems: list[Problem] = []
     for record in records:
         try:
-            sample = load_sample(record, verify_image=verify_image)
+            sample = load_sample(record, verify_image=verify_image, rules=rules)
         except ImageProblem as exc:
             problems.append(exc.problem)
             continue
@@ -342,6 +341,11 @@ def load_samples(
 
 
 def rescaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(w, h)`` pixels of an image of ``size = (w, h)`` after :func:`rescale_image`.
+
+    >>> rescaled_size((2001, 1500), 0.5)
+    (1000, 750)
+    """
     w, h = size
     return (w, h) if scale == 1.0 else (max(1, round(w * scale)), max(1, round(h * scale)))
 
@@ -367,17 +371,23 @@ def rescale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
 def summarize(samples: Sequence[Sample], problems: Sequence[Problem]) -> dict:
     """The dataset summary printed by ``pathodet data summary``.
 
-    ``usable`` is true when at least one AP image with at least one box was read.
+    ``usable`` is true when at least one AP image with at least one box was read;
+    ``clipped_boxes`` counts boxes that overhung their image a little and were clipped;
+    ``other_class_objects`` counts annotated objects of non-SRC classes (skipped) by name.
     """
     ap = [s for s in samples if s.attribute == "AP"]
     nps = [s for s in samples if s.attribute == "NP"]
     n_boxes = int(sum(len(s.boxes) for s in ap))
     sizes = [b[2:] - b[:2] for s in ap for b in s.boxes]
+    others: Counter[str] = Counter()
+    for s in samples:
+        others.update(s.other_classes)
     return {
         "positive_images": len(ap),
         "negative_images": len(nps),
         "boxes": n_boxes,
         "clipped_boxes": int(sum(s.clipped for s in samples)),
+        "other_class_objects": dict(sorted(others.items())),
         "slides": len({s.record.slide_id for s in samples}),
         "cases": len({s.record.case_id for s in samples}),
         "AP_slides": len({s.record.slide_id for s in ap}),

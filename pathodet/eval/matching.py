@@ -1,8 +1,9 @@
 """Greedy matching of predictions to annotated boxes in one image (challenge rule).
 
 Predictions are taken in descending score order (ties keep their order in the file); each
-is matched to the still-unmatched annotated box of highest IoU if that IoU reaches the
-threshold (0.3 in the challenge). IoU is computed on continuous pixel coordinates
+is matched to the still-unmatched annotated box of highest IoU if the two are the same cell
+(:func:`pathodet.model.boxes.same_cell_iou`: IoU >= 0.3 in the challenge, the one "same
+cell" rule of every pathodet stage). IoU is computed on continuous pixel coordinates
 (``(x2 - x1) * (y2 - y1)``, no +1).
 
 Because the order is fixed, the matching at a score threshold ``t`` is the prefix of the
@@ -14,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+
+from pathodet.model.boxes import SAME_CELL_IOU, same_cell_iou
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -31,12 +34,18 @@ def score_order(scores: np.ndarray) -> np.ndarray:
 
 
 def greedy_match(
-    boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, iou_threshold: float = 0.3
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    gt: np.ndarray,
+    iou_threshold: float = SAME_CELL_IOU,
 ) -> np.ndarray:
     """Annotated box matched by each prediction, or -1.
 
     Args:
-        boxes: ``(N, 4)`` predicted boxes. scores: ``(N,)``. gt: ``(M, 4)`` annotated boxes.
+        boxes: ``(N, 4)`` predicted boxes. scores: ``(N,)``. gt: ``(M, 4)`` annotated boxes
+            (pixels of one image).
+        iou_threshold: IoU from which a prediction and a box are the same cell; default
+            :data:`~pathodet.model.boxes.SAME_CELL_IOU` (0.3, the challenge's).
 
     Returns:
         ``(N,)`` int64 index into ``gt`` per prediction (in the input order), -1 if unmatched.
@@ -52,7 +61,7 @@ def greedy_match(
     for i in score_order(scores):
         cand = np.where(free, iou[i], -1.0)
         j = int(np.argmax(cand))
-        if cand[j] >= iou_threshold:
+        if same_cell_iou(cand[j], iou_threshold):
             matched[i] = j
             free[j] = False
     return matched

@@ -26,16 +26,19 @@ import numpy as np
 
 from pathodet.data.predictions import ImagePredictions
 from pathodet.eval.matching import greedy_match
+from pathodet.model.boxes import SAME_CELL_IOU
 
 FROC_FPS = (1, 2, 4, 8, 16, 32)
 
 
 @dataclass
 class ImageBoxes:
-    """One evaluated image: ``attribute`` "AP"/"NP" and ``boxes (M, 4)`` image pixels."""
+    """One evaluated image: ``attribute`` "AP"/"NP", ``boxes (M, 4)`` image pixels, and
+    the image's ``size`` ``(width, height)`` pixels when known (predictions are fitted to it)."""
 
     attribute: str
     boxes: np.ndarray
+    size: tuple[int, int] | None = None
 
 
 def matched_scores(
@@ -101,7 +104,7 @@ def _recall(preds, truth, iou) -> tuple[float | None, int]:
 def evaluate(
     preds: Mapping[str, ImagePredictions],
     truth: Mapping[str, ImageBoxes],
-    iou_threshold: float = 0.3,
+    iou_threshold: float = SAME_CELL_IOU,
     removed: Mapping[str, ImageBoxes] | None = None,
     full_truth: Mapping[str, ImageBoxes] | None = None,
 ) -> dict:
@@ -148,7 +151,7 @@ def evaluate(
 def curve(
     preds: Mapping[str, ImagePredictions],
     truth: Mapping[str, ImageBoxes],
-    iou_threshold: float = 0.3,
+    iou_threshold: float = SAME_CELL_IOU,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The FROC curve ``(thresholds, recall, nfp)`` for plotting."""
     hit, _, n_gt = matched_scores(preds, truth, iou_threshold)
@@ -159,7 +162,7 @@ def curve(
 def per_image(
     preds: Mapping[str, ImagePredictions],
     truth: Mapping[str, ImageBoxes],
-    iou_threshold: float = 0.3,
+    iou_threshold: float = SAME_CELL_IOU,
 ) -> list[dict]:
     """Per image: attribute, boxes, predictions, matched boxes (AP) or false positives (NP)."""
     rows = []

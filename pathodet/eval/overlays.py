@@ -29,12 +29,13 @@ from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.data.samples import read_image
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.matching import greedy_match
+from pathodet.model.boxes import SAME_CELL_IOU
 
 GREEN, YELLOW, CYAN = (0, 200, 0), (255, 215, 0), (0, 220, 255)
 CROP = 512
 
 
-def classify(truth: np.ndarray, found: ImagePredictions, iou: float = 0.3) -> dict:
+def classify(truth: np.ndarray, found: ImagePredictions, iou: float = SAME_CELL_IOU) -> dict:
     """Split into ``hits`` (detections on an annotated SRC), ``misses`` (annotated, not hit)
     and ``new`` (detections on no annotation); boxes ``(N, 4)`` in image pixels."""
     match = greedy_match(found.boxes, found.scores, truth, iou)

@@ -1,14 +1,34 @@
-"""Box arithmetic on ``(..., 4)`` tensors of ``x1, y1, x2, y2`` in pixels."""
+"""Box arithmetic on ``(..., 4)`` tensors of ``x1, y1, x2, y2`` in pixels, and the one rule
+that says when two boxes are the same cell (:func:`same_cell`)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["box_iou", "decode", "encode", "paired_iou"]
+__all__ = [
+    "SAME_CELL_IOU",
+    "box_iou",
+    "decode",
+    "encode",
+    "paired_iou",
+    "same_cell",
+    "same_cell_iou",
+]
+
+SAME_CELL_IOU = 0.3
+"""Two boxes are one cell when their IoU is at least this: the instance-matching IoU of the
+DigestPath 2019 challenge (task 1 counts a detection as finding an annotated SRC at IoU
+>= 0.3, a low bar because signet-ring cells are small and their boxes loosely drawn).
+Evaluation matches at it, so every other place that asks "is this the same cell?"
+(review export, co-mining's overlap drop, purification's pseudo-label check) uses it too:
+a box pathodet calls a second cell is never one that evaluation would call the same cell.
+NMS thresholds are a different idea (how much two *detections* may overlap) and are not
+this rule."""
 
 # RetinaNet caps predicted log-size changes at log(1000 / 16) to avoid overflow.
 _MAX_LOG_SCALE = math.log(1000.0 / 16)
@@ -47,3 +67,36 @@ def paired_iou(a: Tensor, b: Tensor) -> Tensor:
     area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
     area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
     return inter / (area_a + area_b - inter).clamp(min=1e-9)
+
+
+def same_cell_iou(
+    iou: np.ndarray | Tensor, threshold: float = SAME_CELL_IOU
+) -> np.ndarray | Tensor:
+    """The "same cell" test on IoU values already computed: ``iou >= threshold``
+    (inclusive, as the challenge's matching). ``iou``: an array or tensor of any shape;
+    the result has the same shape and kind (bool). ``threshold`` other than
+    :data:`SAME_CELL_IOU` only where a user asked for it (``pathodet evaluate --iou``)."""
+    return iou >= threshold
+
+
+def same_cell(
+    a: np.ndarray | Tensor, b: np.ndarray | Tensor, threshold: float = SAME_CELL_IOU
+) -> np.ndarray | Tensor:
+    """``(N, M)`` bool: ``a[i]`` and ``b[j]`` are boxes of the same cell (IoU >=
+    :data:`SAME_CELL_IOU`; see there why).
+
+    Args:
+        a: ``(N, 4)``, b: ``(M, 4)`` boxes ``x1, y1, x2, y2`` in pixels of one image, as
+            NumPy arrays (computed in float64) or tensors (in their own dtype).
+        threshold: the IoU from which two boxes are one cell.
+
+    Returns:
+        A ``(N, M)`` bool tensor for tensor inputs, else a NumPy array. Empty boxes (no
+        area) are no cell: their IoU counts as 0.
+    """
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        iou = box_iou(a.reshape(-1, 4), b.to(a).reshape(-1, 4)).nan_to_num_(0.0)
+        return same_cell_iou(iou, threshold)
+    ta = torch.as_tensor(np.asarray(a, np.float64).reshape(-1, 4))
+    tb = torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))
+    return same_cell_iou(box_iou(ta, tb).nan_to_num_(0.0).numpy(), threshold)

@@ -116,6 +116,11 @@ class PredictConfig(Strict):
     num_workers: int = Field(1, ge=0, description="image-decoding / window-reading processes")
     overlays: bool = Field(False, description="also write overlay PNGs of images")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="torch, or ONNX Runtime on the CPU (a .onnx file from pathodet export, "
+        "or a checkpoint exported on the fly); auto: ONNX Runtime for a .onnx file",
+    )
     slides: SlideConfig = SlideConfig()
 
     @model_validator(mode="after")

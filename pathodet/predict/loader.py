@@ -181,8 +181,8 @@ class Windows(torch.utils.data.Dataset):
             rgb = source.window(i)
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             return {"input": j, "index": i, "error": _named(exc, self.inputs[j].path)}
-        return {"input": j, "index": i, "image": torch.from_numpy(np.ascontiguousarray(rgb))
-                .permute(2, 0, 1)}  # fmt: skip
+        rgb = np.require(rgb, requirements=["C", "W"])  # an image's crops are read-only views
+        return {"input": j, "index": i, "image": torch.from_numpy(rgb).permute(2, 0, 1)}
 
     def close(self) -> None:
         if self._open is not None and not isinstance(self._open[1], str):

@@ -126,7 +126,16 @@ def predict(
     try:
         device = pick_device(config.device, dist)
         precision = resolve_precision(config.precision, device, log)
-        if detector is None:
+        if detector is None and _engine(config, checkpoint) == "onnxruntime":
+            onnx_detector = _onnx_detector(Path(checkpoint), out)
+            train_cfg = onnx_detector.config
+            config = for_checkpoint(config, train_cfg).model_copy(
+                update={"precision": "fp32", "engine": "onnxruntime"}
+            )
+            onnx_detector.inference = config.window_inference(train_cfg.model.inference)
+            detector = onnx_detector.detect
+            model_id = checkpoint_fingerprint(Path(checkpoint))
+        elif detector is None:
             if checkpoint is None:
                 raise ValueError("predict needs a checkpoint (or a detector)")
             model, train_cfg = load_detector(checkpoint)
@@ -187,6 +196,39 @@ def detect_image(
                       config.overlap, config.pad, rgb=rgb)  # fmt: skip
     batches = window_batches([inp], [range(len(inp.plan.windows))], config.batch_size, 0)
     return detect_merged(detector, raise_errors(batches), inp.plan, config, timings)
+
+
+def _engine(config: PredictConfig, checkpoint: str | os.PathLike[str] | None) -> str:
+    """The engine a run uses: ``config.engine``, or for ``auto`` ONNX Runtime on a .onnx file.
+
+    Raises:
+        ValueError: no checkpoint, or the torch engine asked to run a .onnx file.
+    """
+    if checkpoint is None:
+        raise ValueError("predict needs a checkpoint (or a detector)")
+    is_onnx = Path(checkpoint).suffix.lower() == ".onnx"
+    if config.engine == "torch" and is_onnx:
+        raise ValueError(f"{checkpoint}: an ONNX file runs with --engine onnxruntime, not torch")
+    return "onnxruntime" if config.engine == "onnxruntime" or is_onnx else "torch"
+
+
+def _onnx_detector(checkpoint: Path, out: Path):
+    """An :class:`~pathodet.predict.onnx_engine.OnnxDetector` of a .onnx file, or of a
+    checkpoint exported once into ``out/.onnx/`` (kept for reruns, keyed by the checkpoint's
+    size and modification time)."""
+    from pathodet.model.onnx import export_onnx
+    from pathodet.predict.onnx_engine import OnnxDetector
+
+    if checkpoint.suffix.lower() != ".onnx":
+        st = checkpoint.stat()
+        path = out / ".onnx" / f"{checkpoint.stem}-{st.st_size}-{st.st_mtime_ns}.onnx"
+        if not path.is_file():
+            model, train_cfg = load_detector(checkpoint)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(model, path, train_cfg.model_dump(mode="json"),
+                        tile=train_cfg.data.tiling.tile_size)  # fmt: skip
+        checkpoint = path
+    return OnnxDetector(checkpoint)
 
 
 def _predict_images(

@@ -46,7 +46,7 @@ from pathodet.data.pseudo import (
 from pathodet.data.samples import load_samples
 from pathodet.data.tiling import TileDataset, boxes_in_window
 from pathodet.data.voc import AnnotationError, read_voc
-from pathodet.model.boxes import box_iou
+from pathodet.model.boxes import same_cell
 from pathodet.model.config import InferenceConfig
 from pathodet.model.retinanet import FrozenDetector
 from pathodet.purify.classifier import PUConfig, score, train_classifier
@@ -55,8 +55,10 @@ from pathodet.training.checkpoint import load_checkpoint, load_detector
 
 SUMMARY = "purify.json"
 RANKING_COLUMNS = ("rank", "score", "selected", "source", "x", "y", "size", "attribute")
-PSEUDO_NMS_IOU = 0.3  # SRCs hardly overlap (the demo's prediction NMS)
-TRUTH_IOU = 0.3  # a pseudo box finds a true SRC at the challenge's IoU
+PSEUDO_NMS_IOU = 0.3
+"""NMS of the teacher's pseudo-labels: SRCs hardly overlap (the demo's prediction NMS). How
+much two detections may overlap, not the "same cell" rule
+(:func:`pathodet.model.boxes.same_cell`), which :func:`pseudo_hits` uses."""
 
 
 def _small(rgb: np.ndarray, tile: int, size: int) -> np.ndarray:
@@ -249,8 +251,8 @@ def purification_truth(
 ) -> dict:
     """How good the selection is against every true SRC (synthetic data): precision and
     recall of the selected tiles (a tile holds an SRC when at least half of one lies in
-    it), the pool's true prior, and with pseudo-labels their precision and recall at
-    IoU >= 0.3. ``truth`` holds ``<source stem>.xml`` with every SRC (level-0 pixels)."""
+    it), the pool's true prior, and with pseudo-labels their precision and recall
+    (:func:`pseudo_hits`). ``truth`` holds ``<source stem>.xml`` with every SRC (level-0 pixels)."""
     cache: dict = {}
     in_tile = []
     for t in pool:
@@ -271,12 +273,20 @@ def purification_truth(
     if labels is not None:
         hits = n_boxes = found = n_true = 0
         for i, (boxes, _) in zip(chosen, labels, strict=True):
-            true = torch.from_numpy(in_tile[i]).float()
-            n_boxes, n_true = n_boxes + len(boxes), n_true + len(true)
-            if len(boxes) and len(true):
-                iou = box_iou(torch.from_numpy(boxes).float(), true)
-                hits += int((iou.max(dim=1).values >= TRUTH_IOU).sum())
-                found += int((iou.max(dim=0).values >= TRUTH_IOU).sum())
+            n_boxes, n_true = n_boxes + len(boxes), n_true + len(in_tile[i])
+            h, f = pseudo_hits(boxes, in_tile[i])
+            hits, found = hits + h, found + f
         result["pseudo_precision"] = hits / n_boxes if n_boxes else None
         result["pseudo_recall"] = found / n_true if n_true else None
     return result
+
+
+def pseudo_hits(boxes: np.ndarray, true: np.ndarray) -> tuple[int, int]:
+    """``(hits, found)`` for one tile: how many of the ``(K, 4)`` pseudo boxes are the same
+    cell as one of the ``(T, 4)`` true SRC boxes (tile pixels), and how many true SRCs one
+    pseudo box is the same cell as, by :func:`pathodet.model.boxes.same_cell` (IoU >= 0.3,
+    the challenge's matching)."""
+    same = same_cell(np.asarray(boxes, np.float64), np.asarray(true, np.float64))
+    if same.size == 0:
+        return 0, 0
+    return int(same.any(axis=1).sum()), int(same.any(axis=0).sum())

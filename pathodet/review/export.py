@@ -5,14 +5,16 @@
 * every image of the data root, hard-linked (or copied) into ``sig-train-pos/`` or
   ``sig-train-neg/``;
 * for AP images, a VOC XML holding the original annotated boxes plus the detections the
-  reviewers accepted and the cells they added (an accepted detection that overlaps an
-  annotated box at IoU >= 0.5 is the same cell and is not added twice);
+  reviewers accepted and the cells they added (an accepted detection that is the same cell
+  as an annotated box, by :func:`pathodet.model.boxes.same_cell`, IoU >= 0.3 as the
+  evaluation's matching, is not added twice);
 * an NP image on which a reviewer confirmed an SRC is not normal: it is exported as AP
   with that annotation, and listed under ``relabelled`` in the report;
 * ``hard_negatives.csv``: every rejected detection (image, box, score, reviewer): cells a
   pathologist looked at and called not-SRC, the confirmed hard negatives;
 * ``slides/<name>.reviewed.geojson``: decisions on whole slides, as QuPath annotations
-  (class ``SRC`` for accepted and added cells, ``Not SRC`` for rejected ones);
+  (:func:`decision_feature`: class ``SRC`` for accepted and added cells, ``Not SRC`` for
+  rejected ones; reviewer, decision and time in the ``metadata`` QuPath keeps);
 * ``export.json``: what was written; written last.
 
 Every file is written atomically, and the export only writes inside ``out``: a killed
@@ -31,44 +33,63 @@ import numpy as np
 
 from pathodet.core.io import atomic_write_text, link_or_copy, remove_stale_temps
 from pathodet.data.digestpath import NEG_DIR, POS_DIR
+from pathodet.data.geojson import (
+    SCORE,
+    SRC_CLASS,
+    feature_id,
+    has_area,
+    qupath_class,
+    rectangle,
+)
 from pathodet.data.samples import image_size
 from pathodet.data.voc import write_voc
-from pathodet.eval.matching import iou_matrix
+from pathodet.model.boxes import same_cell
 from pathodet.review.cases import Case
 from pathodet.review.store import Decision, ReviewStore
 
-SAME_CELL_IOU = 0.5
+NOT_SRC_CLASS = {"name": "Not SRC", "color": [140, 140, 140]}
+"""QuPath classification of a detection a reviewer rejected (grey, as in the review app)."""
 
 
 def merged_annotations(annotated: np.ndarray, decisions: list[Decision]) -> np.ndarray:
-    """``(M', 4)``: the annotated boxes plus accepted and added cells not already annotated."""
+    """``(M', 4)`` boxes (image pixels): the annotated boxes plus the accepted and added
+    cells that are not the same cell (:func:`pathodet.model.boxes.same_cell`) as one
+    already there, so one cell gets one box under the rule evaluation matches by. A
+    decided box with no area is left out."""
     boxes = [np.asarray(annotated, np.float64).reshape(-1, 4)]
     for d in decisions:
-        if d.action not in ("accept", "add"):
-            continue
+        if d.action not in ("accept", "add") or not has_area(d.box):
+            continue  # a box with no area (after rounding to 0.01 px) is no cell
         b = np.asarray(d.box, np.float64).reshape(1, 4)
         have = np.concatenate(boxes)
-        if len(have) and iou_matrix(b, have).max() >= SAME_CELL_IOU:
+        if same_cell(b, have).any():
             continue
         boxes.append(b)
     return np.concatenate(boxes)
 
 
-def _feature(d: Decision) -> dict:
-    x1, y1, x2, y2 = d.box
-    ring = [[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]]
-    name = "Not SRC" if d.action == "reject" else "SRC"
+def decision_feature(d: Decision) -> dict:
+    """One slide decision as a QuPath annotation (GeoJSON as QuPath 0.4-0.6 reads it, see
+    :mod:`pathodet.data.geojson`): a rectangle in level-0 pixels, a UUID ``id`` fixed by
+    the case and decision, class ``SRC`` (accept, add) or ``Not SRC`` (reject), the
+    detection's score as measurement ``score`` when it has one, and reviewer, decision and
+    time (ISO 8601, UTC) as ``metadata`` strings.
+
+    An annotation, not a detection: QuPath keeps ``metadata`` on annotations (objects that
+    store metadata) and drops every property it does not know, so the reviewer, decision
+    and time survive an import only there; pathologists can also edit annotations."""
+    props: dict = {
+        "objectType": "annotation",
+        "classification": qupath_class(NOT_SRC_CLASS if d.action == "reject" else SRC_CLASS),
+    }
+    if d.score is not None:
+        props["measurements"] = {SCORE: d.score}
+    props["metadata"] = {"reviewer": d.reviewer, "decision": d.action, "time": d.created_at}
     return {
         "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": [ring]},
-        "properties": {
-            "objectType": "annotation",
-            "classification": {"name": name},
-            "measurements": {"score": d.score} if d.score is not None else {},
-            "reviewer": d.reviewer,
-            "decision": d.action,
-            "time": d.created_at,
-        },
+        "id": feature_id(d.case_name, d.id, d.cell),
+        "geometry": {"type": "Polygon", "coordinates": rectangle(d.box)},
+        "properties": props,
     }
 
 
@@ -100,7 +121,10 @@ def export_reviews(store: ReviewStore, run: str, cases: list[Case], out: Path) -
                 report["hard_negatives"] += 1
         if case.kind == "slide":
             if decisions:
-                doc = {"type": "FeatureCollection", "features": [_feature(d) for d in decisions]}
+                doc = {
+                    "type": "FeatureCollection",
+                    "features": [decision_feature(d) for d in decisions if has_area(d.box)],
+                }
                 path = out / "slides" / f"{Path(case.name).stem}.reviewed.geojson"
                 atomic_write_text(path, json.dumps(doc))
                 report["slides"].append(str(path.relative_to(out)))

@@ -21,17 +21,17 @@ from torch import Tensor
 
 from pathodet.core.machine import PrecisionSetting, autocast
 from pathodet.losses.criterion import Criterion, Targets
-from pathodet.model.boxes import box_iou
+from pathodet.model.boxes import SAME_CELL_IOU, box_iou
 from pathodet.model.retinanet import HeadOutputs
 from pathodet.training.batch import collate
 from pathodet.training.config import CominingConfig
 from pathodet.training.mining import complete_sets, mine_batch
 
-MATCH_IOU = 0.3
-"""A mined box is a real SRC when its IoU with a true SRC box reaches this: the challenge's
-instance-matching IoU (DigestPath task 1)."""
-ANNOTATED_IOU = 0.5
-"""A true SRC counts as annotated when an annotated box overlaps it at this IoU or more."""
+MATCH_IOU = SAME_CELL_IOU
+"""A mined box is a real SRC when it is the same cell as a true SRC box
+(:data:`~pathodet.model.boxes.SAME_CELL_IOU`, the challenge's instance-matching IoU)."""
+ANNOTATED_IOU = SAME_CELL_IOU
+"""A true SRC counts as annotated when an annotated box is the same cell."""
 MINING_KEYS = ("mined", "mined_real", "missed", "missed_found")
 """Counts per step and epoch: boxes mined (both views), of them real SRCs, unannotated true
 SRCs in the tiles, of them found by a mined box of either view."""

@@ -22,6 +22,7 @@ from pathodet.core.config import Strict
 from pathodet.data.augment import AugmentConfig, ColourViewConfig
 from pathodet.data.config import DataConfig
 from pathodet.losses.config import LossConfig
+from pathodet.model.boxes import SAME_CELL_IOU
 from pathodet.model.config import ModelConfig
 
 
@@ -30,8 +31,8 @@ class CominingConfig(Strict):
 
     One detector (shared weights) sees every training tile twice: as is (view ``o``) and
     colour-changed (view ``a``). Each view's detached predictions go through co-generation
-    (score >= ``tau``, NMS at ``theta1``, drop boxes with IoU > ``theta2`` with an
-    annotated box); what survives from one view joins the annotations that supervise the
+    (score >= ``tau``, NMS at ``theta1``, drop boxes that are the same cell as an annotated
+    box: IoU >= ``theta2``, by default pathodet's one same-cell rule); what survives from one view joins the annotations that supervise the
     other (eq. 1), and the loss is the sum of both views' losses (eq. 2).
 
     How mined positives enter DGHM-C is ``loss.dghm.pseudo_group``.
@@ -41,7 +42,11 @@ class CominingConfig(Strict):
     tau: float = Field(0.6, ge=0, le=1, description="score threshold of co-generation")
     theta1: float = Field(0.5, gt=0, le=1, description="NMS IoU of co-generation")
     theta2: float = Field(
-        0.5, ge=0, le=1, description="drop a mined box with IoU > theta2 with an annotated box"
+        SAME_CELL_IOU,
+        ge=0,
+        le=1,
+        description="drop a mined box that is the same cell as an annotated box (IoU >= "
+        "theta2; default the same-cell rule of evaluation and review export, 0.3)",
     )
     attribute_aware: bool = Field(
         True,

@@ -76,8 +76,9 @@ def training_data(data: DataConfig, train: TrainConfig) -> TrainingData:
     if data.held_out_fold not in {r.fold for r in records}:
         raise DatasetError(f"{source}: no image in held-out fold {data.held_out_fold}")
     train_records, val_records = split(records, data.held_out_fold)
-    train_samples, problems = load_samples(train_records)
-    val_samples, val_problems = load_samples(val_records)
+    rules = data.annotation_rules()  # which objects are SRC boxes (data.src_names, ...)
+    train_samples, problems = load_samples(train_records, rules=rules)
+    val_samples, val_problems = load_samples(val_records, rules=rules)
     truth = full_truth(train_samples) if train.comining.enabled else None
     if truth is not None and data.scale != 1.0:  # into the detector's (resized) pixels
         factor = {

@@ -5,10 +5,16 @@ Per tile, from the dense predictions of one view:
 
 1. keep boxes with score ``>= tau`` (step 1);
 2. NMS at IoU ``theta1``, keeping the highest score per cell (step 2);
-3. drop every box whose IoU with an annotated box exceeds ``theta2`` (step 3: it is an
-   annotated SRC already). Algorithm 1 writes the condition with "for all" annotated
-   boxes; the text ("remove the bounding boxes representing the annotated instances")
-   means any one of them, which is what is done here.
+3. drop every box that is the same cell as an annotated box (step 3: it is an annotated
+   SRC already): IoU >= ``theta2``, by default pathodet's one "same cell" rule
+   (:func:`pathodet.model.boxes.same_cell`, IoU >= 0.3, the challenge's matching IoU), so
+   a mined box is never a second box of a cell evaluation would match to the annotation.
+   With pathodet's earlier theta2 (0.5, strict ">"), a box at IoU 0.3-0.5 with an
+   annotated box was mined as a second positive of one cell. Algorithm 1 writes the
+   condition with "for all" annotated boxes; the text ("remove the bounding boxes
+   representing the annotated instances") means any one of them, which is what is done
+   here. Step 2's NMS (``theta1``) is a different idea: how much two detections may
+   overlap.
 
 The survivors ``P^g`` join the annotations: ``C = Y ∪ P^g`` (eq. 1). With attribute-aware
 mining (pathodet's default) nothing is mined in NP tiles, whose labels are known clean.
@@ -21,7 +27,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from pathodet.model.boxes import box_iou
+from pathodet.model.boxes import SAME_CELL_IOU, same_cell
 from pathodet.model.retinanet import HeadOutputs, decode_clipped
 
 
@@ -32,7 +38,7 @@ def co_generate(
     annotated: Tensor,
     tau: float = 0.6,
     theta1: float = 0.5,
-    theta2: float = 0.5,
+    theta2: float = SAME_CELL_IOU,
     max_candidates: int = 1000,
 ) -> tuple[Tensor, Tensor]:
     """Pseudo-labels of one tile from one view's predictions.
@@ -42,8 +48,9 @@ def co_generate(
             boxes, with no area, are never kept).
         scores: ``(A,)`` SRC probabilities in ``[0, 1]``.
         annotated: ``(K, 4)`` annotated boxes of the tile.
-        tau, theta1, theta2: score threshold, NMS IoU, overlap with annotations above
-            which a box is dropped.
+        tau, theta1, theta2: score threshold, NMS IoU, and the IoU with an annotated box
+            from which a box is the same cell and dropped (default
+            :data:`~pathodet.model.boxes.SAME_CELL_IOU`).
         max_candidates: at most this many highest-scoring boxes enter NMS (a cost bound
             for an untrained detector that scores everything high).
 
@@ -59,8 +66,7 @@ def co_generate(
     keep = nms(boxes, scores, theta1)  # sorted by decreasing score
     boxes, scores = boxes[keep], scores[keep]
     if annotated.numel() and boxes.numel():
-        overlap = box_iou(boxes, annotated.to(boxes).view(-1, 4)).max(dim=1).values
-        keep = overlap <= theta2
+        keep = ~same_cell(boxes, annotated.to(boxes).view(-1, 4), theta2).any(dim=1)
         boxes, scores = boxes[keep], scores[keep]
     return boxes, scores
 
@@ -72,7 +78,7 @@ def mine_batch(
     ap_image: Tensor,
     tau: float = 0.6,
     theta1: float = 0.5,
-    theta2: float = 0.5,
+    theta2: float = SAME_CELL_IOU,
     attribute_aware: bool = True,
     max_candidates: int = 1000,
 ) -> list[Tensor]:

@@ -1,0 +1,128 @@
+"""ONNX export and the ONNX Runtime engine against torch fp32, on a tiny untrained model.
+
+The reference is torch itself, run here in fp32 on the same weights: the graph must give
+the same head outputs, and ``pathodet predict`` the same detections, within a stated
+tolerance (float32 reassociation in ONNX Runtime's kernels: 1e-4 on logits).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pathodet.cli import app
+from pathodet.data.predictions import read_predictions
+from pathodet.data.synth.compose import synthesize_image
+from pathodet.eval.matching import iou_matrix
+from pathodet.model.onnx import HeadGraph, feature_sizes
+from pathodet.model.retinanet import SRCRetinaNet
+from pathodet.predict.config import PredictConfig
+from pathodet.predict.onnx_engine import OnnxDetector, OnnxError, read_metadata
+from pathodet.predict.pipeline import predict
+from pathodet.training.checkpoint import save_checkpoint
+from pathodet.training.config import load_config
+
+LOGIT_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny detector (32-channel FPN) with weights spread so that scores vary."""
+    cfg = load_config(None, ["model.fpn_channels=32", "model.norm=bn", "data.scale=0.5",
+                             "data.mpp=0.25", "data.tiling.tile_size=256",
+                             "data.tiling.stride=128"])  # fmt: skip
+    torch.manual_seed(0)
+    model = SRCRetinaNet(cfg.model).eval()
+    with torch.no_grad():  # the head's init (std 0.01, prior 0.01) gives near-constant scores
+        for m in model.head.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight)
+                torch.nn.init.zeros_(m.bias)
+        model.head.regression_head.bbox_reg.weight.mul_(0.05)  # boxes near their anchors
+    path = tmp_path_factory.mktemp("onnx") / "tiny.pt"
+    save_checkpoint(path, {"config": cfg.model_dump_json(), "model": model.state_dict()})
+    return path, model, cfg
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx-out") / "tiny.onnx"
+    res = CliRunner().invoke(app, ["export", str(checkpoint[0]), "--out", str(path)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["onnx"] == str(path)
+    return path
+
+
+def test_feature_sizes_are_those_of_the_network(checkpoint):
+    _, model, _ = checkpoint
+    for h, w in [(256, 256), (320, 192), (100, 70)]:
+        with torch.no_grad():
+            feats = model.backbone(torch.zeros(1, 3, h, w))
+        assert [tuple(f.shape[-2:]) for f in feats.values()] == feature_sizes(h, w)
+
+
+def test_metadata_says_pixel_size_normalisation_and_config(exported, checkpoint):
+    meta = read_metadata(exported)
+    assert float(meta["mpp"]) == pytest.approx(0.25 / 0.5)  # data.mpp / data.scale
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406]
+    assert json.loads(meta["pathodet_config"])["model"]["fpn_channels"] == 32
+
+
+@pytest.mark.parametrize("size", [(256, 256), (384, 320)])
+def test_onnxruntime_gives_torchs_head_outputs(exported, checkpoint, size):
+    _, model, _ = checkpoint
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, deltas = HeadGraph(model)(images)
+        ref = model(images)
+    got = OnnxDetector(exported, threads=1)(images)
+    assert torch.equal(got.anchors, ref.anchors) and got.level_sizes == ref.level_sizes
+    assert (got.cls_logits - logits).abs().max() < LOGIT_TOL
+    assert (got.bbox_deltas - deltas).abs().max() < LOGIT_TOL
+    assert logits.std() > 1.0  # the scores spread: a real comparison, not of constants
+
+
+def test_predict_with_onnxruntime_matches_torch(exported, checkpoint, tmp_path):
+    """Same detections through `pathodet predict`: every box of one engine has a box of the
+    other at IoU >= 0.99 with a score within 1e-3, for 99% of the boxes at least."""
+    rgb = synthesize_image(np.random.default_rng(5), 600, 520, "AP").rgb
+    Image.fromarray(rgb).save(tmp_path / "img.png")
+    config = PredictConfig(overlap=64, precision="fp32", score_threshold=0.3, num_workers=0)
+    runs = {}
+    for engine, model in (("torch", checkpoint[0]), ("onnxruntime", exported)):
+        out = tmp_path / engine
+        predict(config, model, [tmp_path / "img.png"], out)
+        runs[engine] = read_predictions(out / "predictions.csv")["img.png"]
+    a, b = runs["torch"], runs["onnxruntime"]
+    assert len(a.boxes) > 20
+    iou = iou_matrix(a.boxes, b.boxes)
+    close = (iou >= 0.99) & (np.abs(a.scores[:, None] - b.scores[None, :]) <= 1e-3)
+    assert close.any(axis=1).mean() >= 0.99 and close.any(axis=0).mean() >= 0.99
+    assert abs(len(a.boxes) - len(b.boxes)) <= max(1, len(a.boxes) // 100)
+
+
+def test_a_checkpoint_runs_through_onnxruntime_exported_on_the_fly(checkpoint, tmp_path):
+    rgb = synthesize_image(np.random.default_rng(6), 300, 300, "NP").rgb
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    config = PredictConfig(engine="onnxruntime", precision="fp32", score_threshold=0.3)
+    out = tmp_path / "out"
+    summary = predict(config, checkpoint[0], [tmp_path / "a.png"], out)
+    assert summary["images"]["images"] == 1
+    assert len(list((out / ".onnx").glob("*.onnx"))) == 1  # kept for a rerun
+    state = json.loads((out / "predict.json").read_text())
+    assert state["settings"]["predict"]["engine"] == "onnxruntime"
+
+
+def test_a_file_that_is_no_pathodet_onnx_is_refused_by_name(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(OnnxError, match="x.onnx"):
+        OnnxDetector(bad)
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="x.onnx.*--engine onnxruntime"):
+        predict(PredictConfig(engine="torch"), bad, [tmp_path / "a.png"], tmp_path / "out")
