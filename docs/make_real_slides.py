@@ -5,7 +5,7 @@
 Predicts every file of ``../shared/realdata/slides`` (two Aperio SVS, one DICOM instance and
 ``broken.svs``) through the library entry :func:`pathodet.predict.pipeline.predict`, then
 copies into ``docs/examples/slides-real/``: ``slides.json``, each slide's ``summary.json``,
-``tissue.png`` and ``heatmap.png``, and for each readable slide ``detections.jpg``: the
+its ``tissue.png`` and ``heatmap.png`` as JPEG, and for each readable slide ``detections.jpg``: the
 full-resolution region around its densest detections with the boxes at score >= the count
 threshold drawn (red), as a pathologist would look at them.
 """
@@ -47,8 +47,9 @@ def main() -> None:
         name = Path(rec["slide"]).stem
         src, dst = Path(rec["folder"]), DOCS / name
         dst.mkdir(exist_ok=True)
-        for f in ("summary.json", "tissue.png", "heatmap.png"):
-            shutil.copy(src / f, dst / f)
+        shutil.copy(src / "summary.json", dst / "summary.json")
+        for f in ("tissue", "heatmap"):  # as JPEG: the PNGs weigh 1-3 MB each
+            Image.open(src / f"{f}.png").convert("RGB").save(dst / f"{f}.jpg", quality=85)
         s = json.loads((src / "summary.json").read_text())
         threshold = s.get("count_threshold", 0.5)
         preds = read_predictions(src / "detections.csv")
