@@ -44,7 +44,7 @@ def test_image_windows_are_crops_of_the_whole_image_resized_as_training_resizes(
         x, y = plan.windows[k]
         item = ds[k]
         want = padded[y : y + plan.tile_h, x : x + plan.tile_w]
-        np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), want)
+        np.testing.assert_array_equal(item["hwc"].numpy(), want)
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])

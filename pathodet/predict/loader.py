@@ -150,8 +150,9 @@ Input = SlideInput | ImageInput
 
 
 class Windows(torch.utils.data.Dataset):
-    """Windows ``(input, index)`` of ``inputs`` as ``{"input", "index", "image" (3, h, w) uint8}``,
-    or ``{"input", "index", "error"}`` when the input cannot be opened or the window read.
+    """Windows ``(input, index)`` of ``inputs`` as ``{"input", "index", "hwc" (h, w, 3) uint8,
+    "slide"}``, or ``{"input", "index", "error"}`` when the input cannot be opened or the
+    window read.
 
     Each process opens one input at a time, when first asked for one of its windows.
     """
@@ -182,7 +183,8 @@ class Windows(torch.utils.data.Dataset):
         except Exception as exc:  # noqa: BLE001 - reported by the caller
             return {"input": j, "index": i, "error": _named(exc, self.inputs[j].path)}
         rgb = np.require(rgb, requirements=["C", "W"])  # an image's crops are read-only views
-        return {"input": j, "index": i, "image": torch.from_numpy(rgb).permute(2, 0, 1)}
+        slide = isinstance(self.inputs[j], SlideInput)
+        return {"input": j, "index": i, "hwc": torch.from_numpy(rgb), "slide": slide}
 
     def close(self) -> None:
         if self._open is not None and not isinstance(self._open[1], str):
@@ -200,12 +202,21 @@ def _named(exc: Exception, path: Path | None) -> str:
 
 
 def _collate(items: list[dict]) -> dict:
+    """One batch of one input. The ``(B, 3, h, w)`` images keep the memory layout each input
+    had before the loaders were one (so results stay bit for bit): an image's windows are
+    a ``(B, h, w, 3)`` stack seen as ``(B, 3, h, w)`` (channels-last memory, as the crops of
+    one decoded array were); a slide's are stored ``(B, 3, h, w)``. With an image's windows
+    stored ``(B, 3, h, w)``, fp32 on AVX2 kernels gave other last digits in a process with
+    another thread count (``tests/test_reliability_faults.py``, killed and rerun)."""
     errors = [it["error"] for it in items if "error" in it]
     if errors:
         return {"input": items[0]["input"], "error": errors[0]}
-    return {"input": items[0]["input"],
-            "index": torch.as_tensor([it["index"] for it in items]),
-            "image": torch.stack([it["image"] for it in items])}  # fmt: skip
+    hwc = torch.stack([it["hwc"] for it in items])
+    image = hwc.permute(0, 3, 1, 2)
+    if items[0].get("slide"):
+        image = image.contiguous()
+    return {"input": items[0]["input"], "index": torch.as_tensor([it["index"] for it in items]),
+            "image": image}  # fmt: skip
 
 
 def window_batches(
