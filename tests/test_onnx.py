@@ -22,7 +22,7 @@ from pathodet.eval.matching import iou_matrix
 from pathodet.model.onnx import HeadGraph, feature_sizes
 from pathodet.model.retinanet import SRCRetinaNet
 from pathodet.predict.config import PredictConfig
-from pathodet.predict.onnx_engine import OnnxDetector, OnnxError, read_metadata
+from pathodet.predict.onnx_engine import OnnxDetector, OnnxError, quantize_int8, read_metadata
 from pathodet.predict.pipeline import predict
 from pathodet.training.checkpoint import save_checkpoint
 from pathodet.training.config import load_config
@@ -116,6 +116,28 @@ def test_a_checkpoint_runs_through_onnxruntime_exported_on_the_fly(checkpoint, t
     assert len(list((out / ".onnx").glob("*.onnx"))) == 1  # kept for a rerun
     state = json.loads((out / "predict.json").read_text())
     assert state["settings"]["predict"]["engine"] == "onnxruntime"
+
+
+def test_int8_copy_keeps_the_metadata_and_follows_fp32(exported, tmp_path):
+    """Static int8 quantization calibrated on windows of real-looking images: a smaller file
+    with the same metadata, whose logits follow fp32's (correlation > 0.9 on new images)."""
+    paths = []
+    for k in range(2):
+        Image.fromarray(synthesize_image(np.random.default_rng(10 + k), 520, 520, "AP").rgb).save(
+            tmp_path / f"c{k}.png"
+        )
+        paths.append(tmp_path / f"c{k}.png")
+    q = quantize_int8(exported, tmp_path / "tiny.int8.onnx", paths, windows=4)
+    assert q.stat().st_size < 0.5 * exported.stat().st_size
+    meta = read_metadata(q)
+    assert meta["pathodet_config"] == read_metadata(exported)["pathodet_config"]
+    assert meta["quantization"] == "int8 static, 4 windows"
+    rgb = synthesize_image(np.random.default_rng(30), 256, 256, "AP").rgb
+    images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    a = OnnxDetector(exported, threads=1)(images).cls_logits.flatten()
+    b = OnnxDetector(q, threads=1)(images).cls_logits.flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+    assert not torch.equal(a, b)  # it is another graph, not the fp32 one renamed
 
 
 def test_a_file_that_is_no_pathodet_onnx_is_refused_by_name(tmp_path):

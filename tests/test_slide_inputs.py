@@ -19,7 +19,7 @@ from pathodet.predict.config import PredictConfig, SlideConfig, for_checkpoint
 from pathodet.predict.loader import image_input_from_file
 from pathodet.predict.pipeline import predict
 from pathodet.predict.plan import plan_slide
-from pathodet.predict.reader import MPP_PLAUSIBLE, Slide, SlideError, resolve_mpp
+from pathodet.predict.reader import Slide, SlideError, resolve_mpp
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "slides"
 needs_slides = pytest.mark.skipif(
@@ -222,9 +222,3 @@ def test_a_png_over_the_guard_is_refused_on_the_slide_path(tmp_path, monkeypatch
     monkeypatch.setenv("PATHODET_MAX_PIXELS", str(1_000_000))
     with pytest.raises(SlideError, match=r"big.png.*1,000,000-pixel guard"):
         Slide(path)
-
-
-def test_plausible_range_brackets_scanner_resolutions():
-    lo, hi = MPP_PLAUSIBLE
-    assert lo <= 0.23 and hi >= 0.499  # Hamamatsu 40x, Aperio 20x
-    assert hi < 25 and hi < 1000  # the converter defaults the issue saw

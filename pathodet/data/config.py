@@ -86,6 +86,12 @@ class DataConfig(Strict):
     )
     tiling: TilingConfig = TilingConfig()
 
+    @property
+    def detector_mpp(self) -> float:
+        """µm/px the detector sees: ``mpp / scale``, with :data:`DEFAULT_MPP` when ``mpp``
+        is unknown (what prediction and an exported model take as the model's pixel size)."""
+        return (self.mpp or DEFAULT_MPP) / self.scale
+
     def annotation_rules(self) -> AnnotationRules:
         """Which annotated objects are SRC boxes, and the box of a point, in image pixels:
         ``point_box_um / mpp`` (``mpp`` unknown: :data:`DEFAULT_MPP`)."""

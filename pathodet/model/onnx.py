@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pathodet.core.io import atomic_write_bytes
+from pathodet.data.config import DataConfig
 from pathodet.model.retinanet import IMAGENET_MEAN, IMAGENET_STD, STRIDES, SRCRetinaNet
 
 FORMAT = "pathodet-onnx/1"
@@ -87,7 +88,7 @@ def export_onnx(
     meta = {
         "format": FORMAT,
         "pathodet_config": json.dumps(train_config),
-        "mpp": str((d.get("mpp") or 0.25) / d.get("scale", 1.0)),
+        "mpp": str(DataConfig.model_validate(d).detector_mpp),
         "mean": json.dumps(IMAGENET_MEAN),
         "std": json.dumps(IMAGENET_STD),
         "strides": json.dumps(STRIDES),

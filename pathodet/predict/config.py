@@ -179,7 +179,7 @@ def for_checkpoint(config: PredictConfig, train_cfg: Config | None) -> PredictCo
         if tile is None:
             tile = max(d.tiling.tile_size, -(-4 * config.overlap // 32) * 32)
         if target is None:
-            target = (d.mpp or 0.25) / d.scale
+            target = d.detector_mpp
     if config.mpp is not None and config.scale is None:
         scale = config.mpp / target
     slides = config.slides.model_copy(update={"target_mpp": target})

@@ -23,11 +23,11 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from pathodet.predict.tiled import TiledLevel
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """VL Whole Slide Microscopy Image Storage."""
@@ -43,9 +43,8 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-class DicomSlide:
-    """One DICOM WSI instance with OpenSlide's interface (``level_dimensions``,
-    ``level_downsamples``, ``properties``, ``read_region``, ``close``); one level.
+class DicomSlide(TiledLevel):
+    """One DICOM WSI instance with OpenSlide's interface, one level (:class:`TiledLevel`).
 
     Frames are decoded on demand by pydicom and the last 64 kept.
 
@@ -70,49 +69,21 @@ class DicomSlide:
         if int(ds.SamplesPerPixel) != 3 or int(ds.BitsAllocated) != 8:
             raise ValueError(f"{ds.SamplesPerPixel} samples of {ds.BitsAllocated} bits per "
                              "pixel; 8-bit colour is read")  # fmt: skip
-        self.tile_h, self.tile_w = int(ds.Rows), int(ds.Columns)
-        self.width, self.height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
-        self.cols = -(-self.width // self.tile_w)
+        self._layout(int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows),
+                     int(ds.Columns), int(ds.Rows), cached=64)  # fmt: skip
         rows = -(-self.height // self.tile_h)
         frames = int(ds.get("NumberOfFrames", 1))
         if frames < self.cols * rows:
             raise ValueError(f"{frames} frames cannot tile {self.width}x{self.height} pixels "
                              f"in {self.tile_w}x{self.tile_h} frames ({self.cols * rows} needed)")  # fmt: skip
-        self.level_dimensions = ((self.width, self.height),)
-        self.level_downsamples = (1.0,)
         self.properties = {"openslide.vendor": "dicom", **_resolution(ds)}
 
-    @lru_cache(maxsize=64)  # noqa: B019 - one cache per open slide, freed with it
-    def _frame(self, index: int) -> np.ndarray:
+    def _decode(self, index: int) -> np.ndarray:
         from pydicom.pixels import pixel_array
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pixel_array(self.path, index=index)  # reads only this frame from the file
-
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> Image.Image:
-        """RGBA region ``size = (w, h)`` at level-0 ``location = (x, y)``; transparent outside."""
-        if level != 0:
-            raise ValueError(f"level {level}: a DICOM instance read here has one level")
-        (x, y), (w, h) = location, size
-        out = np.zeros((h, w, 4), np.uint8)
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, self.width), min(y + h, self.height)
-        for r in range(y0 // self.tile_h, -(-y1 // self.tile_h)) if y1 > y0 else ():
-            for c in range(x0 // self.tile_w, -(-x1 // self.tile_w)) if x1 > x0 else ():
-                tile = self._frame(r * self.cols + c)
-                fx, fy = c * self.tile_w, r * self.tile_h
-                ax, ay = max(x0, fx), max(y0, fy)
-                bx, by = min(x1, fx + self.tile_w), min(y1, fy + self.tile_h)
-                out[ay - y : by - y, ax - x : bx - x, :3] = tile[
-                    ay - fy : by - fy, ax - fx : bx - fx
-                ]
-                out[ay - y : by - y, ax - x : bx - x, 3] = 255
-        return Image.fromarray(out, "RGBA")
-
-    def close(self) -> None:
-        self._frame.cache_clear()
 
 
 def _resolution(ds: object) -> dict[str, str]:

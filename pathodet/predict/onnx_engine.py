@@ -31,7 +31,12 @@ class OnnxError(ValueError):
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (reads the header of the protobuf only)."""
+    """The ``metadata_props`` of an ONNX file (parses the whole file: for export and
+    quantization; :class:`OnnxDetector` reads them from its session instead).
+
+    Raises:
+        OnnxError: not an ONNX file.
+    """
     import onnx
 
     try:
@@ -64,7 +69,15 @@ class OnnxDetector:
         import onnxruntime as ort
 
         self.path = Path(path)
-        meta = read_metadata(self.path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as exc:  # onnxruntime's Fail / InvalidProtobuf
+            raise OnnxError(f"{path}: not an ONNX model ONNX Runtime can load ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("format") != FORMAT:
             raise OnnxError(f"{path}: not written by pathodet export (format "
                             f"{meta.get('format')!r}, expected {FORMAT!r})")  # fmt: skip
@@ -73,11 +86,6 @@ class OnnxDetector:
         except Exception as exc:  # ValidationError, JSONDecodeError
             raise OnnxError(f"{path}: its config does not validate: {exc}") from exc
         self.inference = inference or self.config.model.inference
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
         self._anchors: dict[tuple[int, int], tuple[Tensor, list[int]]] = {}
 
     def _anchors_for(self, h: int, w: int) -> tuple[Tensor, list[int]]:
@@ -122,25 +130,22 @@ class _Calibration:
 def calibration_windows(
     images: Sequence[Path], scale: float, tile: int, count: int
 ) -> Iterator[np.ndarray]:
-    """Up to ``count`` ``(tile, tile, 3)`` uint8 windows of ``images``, as prediction cuts
-    them (resized by ``scale``, padded), taken in turn from each image."""
+    """``count`` ``(tile, tile, 3)`` uint8 windows of ``images``, cut as prediction cuts them
+    (resized by ``scale``, padded): ``ceil(count / len(images))`` from each image in turn,
+    spread over its windows; one image is decoded at a time."""
     from pathodet.predict.loader import image_input_from_file
 
-    opened = []
+    per_image = -(-count // max(1, len(images)))
+    given = 0
     for p in images:
         inp = image_input_from_file(p, scale, tile, 0, "reflect")
-        opened.append((inp, inp.open()))
-    k = 0
-    while k < count and opened:
-        for inp, src in list(opened):
-            i = k // len(opened)
-            if i >= len(inp.plan.windows):
-                opened.remove((inp, src))
-                continue
-            yield np.asarray(src.window(i))
-            k += 1
-            if k >= count:
+        src = inp.open()
+        n = len(inp.plan.windows)
+        for i in np.linspace(0, n - 1, min(n, per_image)).round().astype(int):
+            if given == count:
                 return
+            yield np.asarray(src.window(int(i)))
+            given += 1
 
 
 def quantize_int8(
