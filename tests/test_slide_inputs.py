@@ -99,18 +99,15 @@ def test_the_20x_cmu_slide_is_detected_at_the_models_pixel_size(target):
 
 
 def test_images_take_mpp_and_default_to_the_training_pixel_size():
-    class D:  # the part of a training config for_checkpoint reads
-        class data:  # noqa: N801
-            scale, mpp = 0.5, 0.25
+    from pathodet.training.config import load_config
 
-            class tiling:  # noqa: N801
-                tile_size = 512
-
-    default = for_checkpoint(PredictConfig(), D)
+    trained = load_config(None, ["data.scale=0.5", "data.mpp=0.25", "data.tiling.tile_size=512",
+                           "data.tiling.stride=256"])  # fmt: skip  # a 20x model of 40x images
+    default = for_checkpoint(PredictConfig(), trained)
     assert default.slides.target_mpp == 0.5 and default.detection_scale == 0.5
-    at_20x = for_checkpoint(PredictConfig(mpp=0.5), D)  # 20x images for a 20x model
+    at_20x = for_checkpoint(PredictConfig(mpp=0.5), trained)  # 20x images for a 20x model
     assert at_20x.detection_scale == 1.0
-    at_40x = for_checkpoint(PredictConfig(mpp=0.2), D)
+    at_40x = for_checkpoint(PredictConfig(mpp=0.2), trained)
     assert at_40x.detection_scale == pytest.approx(0.4)
     with pytest.raises(ValueError, match="not both"):
         PredictConfig(mpp=0.5, scale=0.5)
