@@ -148,3 +148,37 @@ def test_a_file_that_is_no_pathodet_onnx_is_refused_by_name(tmp_path):
     Image.new("RGB", (64, 64), "white").save(tmp_path / "a.png")
     with pytest.raises(ValueError, match="x.onnx.*--engine onnxruntime"):
         predict(PredictConfig(engine="torch"), bad, [tmp_path / "a.png"], tmp_path / "out")
+
+
+def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, tmp_path):
+    """`pathodet bench slide` with torch fp32 and ONNX Runtime fp32 on a small synthetic slide:
+    one row per engine, the same detections (the parity tested above, through the slide
+    pipeline), and minutes per cm² equal to wall time over the tissue area it reports."""
+    from pathodet.data.synth.slide import write_synthetic_slide
+
+    slide = tmp_path / "small.tiff"
+    write_synthetic_slide(slide, 1536, 1024, seed=3, tissue_fraction=0.5)
+    res = CliRunner().invoke(app, ["bench", "slide", "--out", str(tmp_path / "out"), "--sizes", "",
+                                   "--slides", str(slide), "--checkpoint", str(checkpoint[0]),
+                                   "--engines", "torch-fp32,onnxruntime-fp32"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "out" / "slide-speed.json").read_text())
+    rows = {r["engine"]: r for r in result["rows"]}
+    assert sorted(rows) == ["onnxruntime-fp32", "torch-fp32"]
+    for r in rows.values():
+        assert r["slide"] == "small.tiff" and r["level0"] == [1536, 1024]
+        assert r["detection_mpp"] == pytest.approx(0.5)  # data.mpp 0.25 / data.scale 0.5
+        assert 0 < r["tissue_cm2"] <= 1536 * 1024 * (0.25e-4) ** 2
+        assert r["min_per_cm2"] == pytest.approx(r["wall_s"] / 60 / r["tissue_cm2"])
+        assert 0 < r["forward_s"] < r["wall_s"] and r["peak_rss_gb"] > 0
+    assert rows["torch-fp32"]["detections"] > 0
+    assert rows["torch-fp32"]["detections"] == rows["onnxruntime-fp32"]["detections"]
+    md = (tmp_path / "out" / "slide-speed.md").read_text()
+    assert md.count("| small.tiff (1536 x 1024, 0.25) |") == 2
+
+
+def test_bench_slide_refuses_an_unknown_engine(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "slide", "--out", str(tmp_path), "--sizes", "",
+                                   "--engines", "torch-fp16"])  # fmt: skip
+    assert res.exit_code != 0
+    assert "torch-fp16" in res.output and "onnxruntime-int8" in res.output

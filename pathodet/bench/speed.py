@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathodet.bench.slide_speed import timed_detector
+from pathodet.bench.slide_speed import torch_timed_detector
 from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_line, machine_record
 from pathodet.model.retinanet import SRCRetinaNet
@@ -69,23 +69,19 @@ def image_inference(
 ) -> dict:
     """Throughput of :func:`detect_image` on ``rgb`` (the production path, per window
     postprocess and whole-image NMS included), median of ``repeats`` after a warm-up; the
-    forward passes and windows are counted by :func:`timed_detector`'s hooks."""
+    forward passes and windows are counted by :func:`torch_timed_detector`."""
     settings = PredictConfig(tile=tile, overlap=128, batch_size=2, precision=precision)  # type: ignore[arg-type]
     clock: dict[str, float] = {}
-    detect, handles = timed_detector(model, settings, clock)
+    detect = torch_timed_detector(model, settings, clock)
     walls, forwards, windows = [], [], []
-    try:
-        detect_image(detect, rgb[:tile, :tile], settings)  # warm-up
-        for _ in range(repeats):
-            clock.update(forward=0.0, postprocess=0.0, windows=0)
-            t0 = time.perf_counter()
-            detect_image(detect, rgb, settings)
-            walls.append(time.perf_counter() - t0)
-            forwards.append(clock["forward"])
-            windows.append(int(clock["windows"]))
-    finally:
-        for h in handles:
-            h.remove()
+    detect_image(detect, rgb[:tile, :tile], settings)  # warm-up
+    for _ in range(repeats):
+        clock.update(forward=0.0, postprocess=0.0, windows=0)
+        t0 = time.perf_counter()
+        detect_image(detect, rgb, settings)
+        walls.append(time.perf_counter() - t0)
+        forwards.append(clock["forward"])
+        windows.append(int(clock["windows"]))
     h, w = rgb.shape[:2]
     wall, forward = statistics.median(walls), statistics.median(forwards)
     return {

@@ -75,10 +75,28 @@ def bench_losses(
     report_only: Annotated[
         bool, typer.Option(help="Only write the report from the runs already finished.")
     ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="Real mode: a DigestPath root (e.g. ../shared/digestpath).")
+    ] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="Real mode: comma-separated held-out folds (of 5).")
+    ] = None,
+    curve_every: Annotated[
+        int | None, typer.Option(help="Real mode: held-out FROC every N steps at 0% dropped.")
+    ] = None,
+    config: Annotated[Path, typer.Option(help="Real mode: the training recipe.")] = Path(
+        "configs/digestpath.yaml"
+    ),
 ) -> None:
-    """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4), on
-    synthetic data; resumable: rerun the same command to continue."""
+    """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4): on
+    synthetic data, or with --data on real DigestPath (case-grouped folds, real boxes
+    dropped from the training folds); resumable: rerun the same command to continue."""
     import shlex
+
+    if data is not None:
+        _bench_losses_real(data, out, docs, rates, methods, steps, overrides, folds, seeds,
+                           curve_every, report_only)  # fmt: skip
+        return
 
     from pathodet.bench.losses import LossBenchSettings, run_losses
     from pathodet.bench.losses_methods import quick_settings
@@ -117,6 +135,55 @@ def bench_losses(
     typer.echo(f"report: {docs / 'losses.md'}")
 
 
+def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | None,
+                       methods: str | None, steps: int | None, overrides: list[str] | None,
+                       folds: str | None, seeds: str | None, curve_every: int | None,
+                       report_only: bool) -> None:  # fmt: skip
+    """``bench losses --data``: :mod:`pathodet.bench.losses_real`."""
+    import shlex
+
+    from pathodet.bench.losses_real import RealLossBenchSettings, collect, run_real_losses
+    from pathodet.bench.losses_real_report import write_real_report
+
+    changes: dict = {}
+    try:
+        if rates is not None:
+            changes["drop_rates"] = [float(x) for x in rates.split(",")]
+        if folds is not None:
+            changes["run_folds"] = [int(x) for x in folds.split(",")]
+        if seeds is not None:
+            (changes["seed"],) = [int(x) for x in seeds.split(",")]
+    except ValueError as exc:
+        fail(f"--rates/--folds/--seeds (one seed in real mode; folds are the runs): {exc}")
+    if methods is not None:
+        changes["methods"] = [m.strip() for m in methods.split(",")]
+    if steps is not None:
+        changes["steps"] = steps
+    if curve_every is not None:
+        changes["curve_every"] = curve_every
+    if overrides:
+        changes["overrides"] = list(overrides)
+    try:
+        settings = RealLossBenchSettings(**changes)
+    except ValueError as exc:
+        fail(str(exc))
+    out = Path("bench-output/losses-real") if out == Path("bench-output/losses") else out
+    given = [("--data", data), ("--out", out), ("--rates", rates), ("--folds", folds),
+             ("--methods", methods), ("--steps", steps), ("--seeds", seeds),
+             ("--curve-every", curve_every),
+             *[("--set", o) for o in overrides or []]]  # fmt: skip
+    command = " ".join(["pathodet bench losses",
+                        *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
+    with user_errors():
+        if not data.is_dir():
+            raise FileNotFoundError(f"--data {data}: no such folder")
+        if not report_only:
+            run_real_losses(data, out, settings, log=lambda m: typer.echo(m, err=True))
+        md = write_real_report(collect(out), settings.steps, settings.methods,
+                               settings.drop_rates, docs or Path("docs/benchmarks"), command)  # fmt: skip
+    typer.echo(f"report: {md}")
+
+
 @bench_app.command("grad-share")
 def bench_grad_share(
     checkpoint: Annotated[Path, typer.Argument(help="Trained detector (last.pt).")],
@@ -147,27 +214,47 @@ def bench_slide(
         "docs/benchmarks"
     ),
     sizes: Annotated[
-        str, typer.Option(help="Slides WxH:tissue-fraction, comma-separated.")
+        str, typer.Option(help="Synthetic slides WxH:tissue-fraction, comma-separated; '' none.")
     ] = "10000x10000:0.4,40000x30000:0.15",
+    slides: Annotated[
+        list[Path] | None, typer.Option("--slides", help="Real slides to measure too (repeat).")
+    ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Detector (default: random init, same cost).")
+        Path | None, typer.Option(help="Detector (default: random init, same cost; torch only).")
+    ] = None,
+    engines: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated, of torch-fp32, torch-bf16, onnxruntime-fp32, onnxruntime-int8."
+        ),
+    ] = "torch-fp32,torch-bf16,onnxruntime-fp32,onnxruntime-int8",
+    calibration: Annotated[
+        list[Path] | None,
+        typer.Option("--calibration", help="Real images (or folders) calibrating int8 (repeat)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 4,
     workers: Annotated[int, typer.Option(help="Tile-reading processes.")] = 1,
 ) -> None:
-    """Slide throughput (tissue Mpx/s), fp32 vs bf16, time outside the forward, peak memory."""
+    """Slide throughput per engine and precision (minutes per cm² of tissue, Mpx/s), time
+    outside the forward, peak memory."""
     from pathodet.bench.slide_speed import run_bench
+    from pathodet.predict.images import list_images
 
     parsed = []
-    for item in sizes.split(","):
+    for item in filter(None, sizes.split(",")):
         try:
             dims, frac = item.split(":")
             w, h = dims.lower().split("x")
             parsed.append((int(w), int(h), float(frac)))
         except ValueError:
             fail(f"--sizes: {item!r} is not WIDTHxHEIGHT:FRACTION")
+    for s in slides or []:
+        if not s.is_file():
+            fail(f"--slides: {s}: no such file")
     with user_errors():
-        run_bench(out, parsed, checkpoint, batch_size, workers,
+        images = list_images(calibration) if calibration else []
+        run_bench(out, parsed, checkpoint, batch_size, workers, slides or [],
+                  [e.strip() for e in engines.split(",") if e.strip()], images,
                   log=lambda m: typer.echo(m, err=True))  # fmt: skip
 
 

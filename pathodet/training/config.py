@@ -114,6 +114,10 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(
         50, ge=0, description="write last.pt every N steps (and at each epoch end); 0 = epochs"
     )
+    snapshot_every: int = Field(
+        0, ge=0, description="also keep the weights every N steps as step-<N>.pt (a curve of "
+        "held-out FROC against steps, as bench losses draws); 0 = none",
+    )  # fmt: skip
     log_every: int = Field(10, ge=1, description="steps between metrics-log rows")
     val_tiles: int | None = Field(
         64, ge=1, description="held-out tiles used for the validation loss (None = all)"

@@ -22,6 +22,11 @@ from pathodet.training.config import (
 CONFIG_FILE, LAST, BEST = "config.yaml", "last.pt", "best.pt"
 
 
+def snapshot_name(step: int) -> str:
+    """The file name of the weights kept at ``step`` (``train.snapshot_every``)."""
+    return f"step-{step:06d}.pt"
+
+
 def absolute_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` with every file path absolute, so a run resumes from any directory."""
     cfg = cfg.model_copy(deep=True)
@@ -40,7 +45,8 @@ def absolute_paths(cfg: Config) -> Config:
 
 
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.num_workers", "train.threads",
-                            "train.device", "train.precision", "train.checkpoint_every", "train.log_every"})  # fmt: skip
+                            "train.device", "train.precision", "train.checkpoint_every", "train.log_every",
+                            "train.snapshot_every"})  # fmt: skip
 """Config keys a resumed run may change: how long, where and in which precision it runs,
 not what it learns (a run started in bf16 on one machine may continue in fp32 on another)."""
 

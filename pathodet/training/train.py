@@ -14,6 +14,7 @@ Run folder::
                     as pathodet train passes), else lowest validation loss
     metrics.csv     step, epoch, split, name, value
     tb/             TensorBoard event files
+    step-<N>.pt     the weights at step N, with train.snapshot_every (for load_detector)
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ from pathodet.training.run_dir import (
     absolute_paths,
     check_resume_config,
     save_run_config,
+    snapshot_name,
 )
 
 ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
@@ -383,6 +385,9 @@ class Trainer:
                 self.logs.log(self.step, self.epoch, "train", {**values, "tiles_per_s": rate})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
+            if tc.snapshot_every and self.step % tc.snapshot_every == 0 and self.info.is_main:
+                save_checkpoint(self.run_dir / snapshot_name(self.step),
+                                {"config": self.cfg.model_dump_json(), "model": self.model.state_dict()})  # fmt: skip
         val = self.validate() if self.info.is_main else {}
         if self.info.is_main:
             mean = self.loss_sum / max(self.loss_count, 1)

@@ -1,0 +1,231 @@
+"""The report of the real-data loss benchmark (:mod:`pathodet.bench.losses_real`): the
+analogues of the DGHM paper's Table 3 (0% dropped) and Table 4 (drop rates), the gaps to
+DGHM-C paired by fold, and the curves of held-out FROC against training steps.
+
+A gap is paired: for each fold run by both methods at the same rate, the difference of
+their figures; reported as the mean difference ± its standard error (sample std over
+folds / sqrt(n)), marked ``*`` when larger than two standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from pathodet.bench.losses_methods import METHODS
+
+PAPER_TABLE3 = {"dghm": 0.819, "ghm": 0.743, "ce": 0.593, "sce": 0.559, "focal": 0.503}
+"""5-fold FROC of the DGHM paper's Table 3 (ImageNet ResNet-18, full DigestPath, GPU)."""
+
+PAPER_TABLE4_50 = {"dghm": 0.776, "ghm": 0.675, "ce": 0.185, "focal": 0.093}
+"""R-recall at 50% dropped, the paper's Table 4."""
+
+REFERENCE = "dghm"
+
+
+def _values(results: Sequence[dict], rate: float, method: str, key: str) -> dict[int, float]:
+    """``{fold: value}`` of one column (``test.froc``, ``train.r_recall``, ...)."""
+    part, name = key.split(".")
+    out = {}
+    for r in results:
+        if r["rate"] == rate and r["method"] == method and r[part].get(name) is not None:
+            out[r["fold"]] = float(r[part][name])
+    return out
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def paired_gap(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | None, int]:
+    """Mean of ``a[f] - b[f]`` over the folds both have, its standard error, n."""
+    folds = sorted(set(a) & set(b))
+    if not folds:
+        return math.nan, None, 0
+    mean, sd = mean_sd([a[f] - b[f] for f in folds])
+    return mean, None if sd is None else sd / math.sqrt(len(folds)), len(folds)
+
+
+def _cell(values: dict[int, float]) -> str:
+    if not values:
+        return "-"
+    m, sd = mean_sd(list(values.values()))
+    return f"{m:.3f}" + ("" if sd is None else f" ± {sd:.3f}") + f" ({len(values)})"
+
+
+def _gap(values: dict[int, float], ref: dict[int, float]) -> str:
+    mean, se, n = paired_gap(values, ref)
+    if n == 0:
+        return "-"
+    if se is None:
+        return f"{mean:+.3f} (1)"
+    star = " *" if abs(mean) > 2 * se else ""
+    return f"{mean:+.3f} ± {se:.3f}{star}"
+
+
+def table3_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
+    """0% dropped: held-out figures per method, FROC gap to DGHM-C, the paper's FROC."""
+    lines = ["| method | FROC | gap to DGHM-C (paired) | recall | precision | NFP | "
+             "T-recall (train) | paper FROC |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    ref = _values(results, 0.0, REFERENCE, "test.froc")
+    for m in methods:
+        froc = _values(results, 0.0, m, "test.froc")
+        if not froc:
+            continue
+        cells = [_cell(froc), "-" if m == REFERENCE else _gap(froc, ref)]
+        cells += [_cell(_values(results, 0.0, m, k))
+                  for k in ("test.recall", "test.precision", "test.nfp", "train.t_recall")]  # fmt: skip
+        paper = PAPER_TABLE3.get(m)
+        cells.append("-" if paper is None else f"{paper:.3f}")
+        lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table4_md(results: Sequence[dict], methods: Sequence[str], rates: Sequence[float]) -> list[str]:
+    """Per drop rate > 0: R-recall and T-recall on the training images, held-out FROC, and
+    the paired gaps to DGHM-C of R-recall and FROC."""
+    lines = ["| drop | method | R-recall | gap to DGHM-C | T-recall | held-out FROC | "
+             "gap to DGHM-C | paper R-recall (50%) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for rate in rates:
+        if rate == 0:
+            continue
+        ref_r = _values(results, rate, REFERENCE, "train.r_recall")
+        ref_f = _values(results, rate, REFERENCE, "test.froc")
+        for m in methods:
+            rr = _values(results, rate, m, "train.r_recall")
+            froc = _values(results, rate, m, "test.froc")
+            if not froc:
+                continue
+            paper = PAPER_TABLE4_50.get(m) if rate == 0.5 else None
+            cells = [f"{round(100 * rate)}%", METHODS[m].label, _cell(rr),
+                     "-" if m == REFERENCE else _gap(rr, ref_r),
+                     _cell(_values(results, rate, m, "train.t_recall")), _cell(froc),
+                     "-" if m == REFERENCE else _gap(froc, ref_f),
+                     "-" if paper is None else f"{paper:.3f}"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def curves_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
+    """Held-out FROC at each measured step, mean over the folds that reached it."""
+    steps = sorted({p["step"] for r in results if r["rate"] == 0 for p in r.get("curve", [])})
+    if not steps:
+        return []
+    lines = ["| method | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]  # fmt: skip
+    for m in methods:
+        cells = []
+        for s in steps:
+            xs = [p["froc"] for r in results if r["rate"] == 0 and r["method"] == m
+                  for p in r.get("curve", []) if p["step"] == s]  # fmt: skip
+            cells.append(_cell(dict(enumerate(xs))))
+        if any(c != "-" for c in cells):
+            lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def curves_png(results: Sequence[dict], methods: Sequence[str], path: Path) -> Path | None:
+    """Held-out FROC against steps at 0% dropped: one thin line per fold, the mean bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    drawn = False
+    for k, m in enumerate(methods):
+        colour = plt.get_cmap("tab10")(k)
+        runs = [r for r in results if r["rate"] == 0 and r["method"] == m and r.get("curve")]
+        by_step: dict[int, list[float]] = {}
+        for r in runs:
+            xs = [p["step"] for p in r["curve"]]
+            ys = [p["froc"] for p in r["curve"]]
+            ax.plot(xs, ys, color=colour, alpha=0.35, linewidth=0.9)
+            for x, y in zip(xs, ys, strict=True):
+                by_step.setdefault(x, []).append(y)
+        if by_step:
+            xs = sorted(by_step)
+            ax.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], "-o", color=colour,
+                    linewidth=2.2, label=f"{METHODS[m].label} (mean of {len(runs)})")  # fmt: skip
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("training steps (batch 8 of 256-px crops at 20x)")
+    ax.set_ylabel("held-out FROC")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title("Held-out FROC against steps, 0% dropped (thin: one fold)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def compute_md(results: Sequence[dict]) -> list[str]:
+    """Total compute, and the machines that made the runs."""
+    minutes = sum(r.get("minutes", 0.0) for r in results)
+    machines = sorted({f"{(r.get('machine') or {}).get('cpu_model', '?')} "
+                       f"({(r.get('machine') or {}).get('precision', '?')})" for r in results})  # fmt: skip
+    return [f"{len(results)} runs, {minutes / 60:.1f} hours of training, prediction and "
+            f"evaluation in all, on: {'; '.join(machines)}."]  # fmt: skip
+
+
+def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
+              rates: Sequence[float]) -> str:  # fmt: skip
+    """The generated part of ``losses-real.md``: the runs at budget ``steps``, and the
+    curves of every 0% run."""
+    at = [r for r in results if r["steps"] == steps]
+    lines = [f"## Table 3 analogue: 0% dropped, {steps} steps", "",
+             "Mean ± sample std over held-out folds (n); gap: the paired difference to DGHM-C "
+             "± its standard error, * where it exceeds two standard errors.", "",
+             *table3_md(at, methods), "",
+             f"## Table 4 analogue: annotations dropped from the training folds, {steps} steps",
+             "", *table4_md(at, methods, rates), "",
+             "## Held-out FROC against training steps (0% dropped)", "",
+             *curves_md([r for r in results if r["rate"] == 0], methods), "",
+             "## Compute", "", *compute_md(results), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+START, END = "<!-- generated by pathodet bench losses --data: start -->", "<!-- generated: end -->"
+
+
+def write_real_report(results: Sequence[dict], steps: int, methods: Sequence[str],
+                      rates: Sequence[float], docs: Path, command: str) -> Path:  # fmt: skip
+    """Write the tables into ``docs/losses-real.md`` between :data:`START` and :data:`END`
+    (the written reading around them is kept; a new file gets a title), the curves into
+    ``losses-real-curves.png`` and the results into ``losses-real.json``."""
+    import json
+
+    from pathodet.core.io import atomic_write_text
+
+    docs.mkdir(parents=True, exist_ok=True)
+    png = curves_png(results, methods, docs / "losses-real-curves.png")
+    block = [START, "", f"`{command}`", "", report_md(results, steps, methods, rates)]
+    if png is not None:
+        block += [f"![held-out FROC against steps]({png.name})", ""]
+    block.append(END)
+    md = docs / "losses-real.md"
+    text = (
+        md.read_text()
+        if md.is_file()
+        else "# Which loss copes with missing labels, on real DigestPath\n\n"
+    )
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + "\n".join(block) + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+    atomic_write_text(md, text)
+    slim = [{k: v for k, v in r.items() if k != "config"} for r in results]
+    atomic_write_text(docs / "losses-real.json", json.dumps(slim, indent=1))
+    return md

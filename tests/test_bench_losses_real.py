@@ -1,0 +1,160 @@
+"""``pathodet bench losses --data``: the real-data loss benchmark's split, budget, runs and report.
+
+The data here is the synthetic generator's DigestPath-layout root (real DigestPath is
+what the benchmark is run on; it is too slow for ``make test``). Expected values come
+from the recipe's numbers and from the annotations themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from pathodet.bench.losses_real import (
+    RealLossBenchSettings,
+    budget_config,
+    collect,
+    fold_dir,
+    fold_manifest,
+    prepare_data,
+    run_real_losses,
+)
+from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
+from pathodet.cli import app
+from pathodet.data.digestpath import read_manifest
+from pathodet.data.synth import write_synthetic_dataset
+from pathodet.data.voc import read_voc
+from pathodet.demo.real import real_config
+from pathodet.training.run_dir import snapshot_name
+
+TINY = ["train.epochs=2", "train.max_steps_per_epoch=2", "train.milestones=[1]",
+        "train.val_tiles=2", "train.num_workers=0", "train.batch_size=2",
+        "model.fpn_channels=16", "data.scale=1.0", "data.tiling.tile_size=256",
+        "data.tiling.stride=256", "train.augment.crop=128", "train.augment.hed_jitter=0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-bench-data")
+    write_synthetic_dataset(out, positive=4, negative=4, size=512, seed=1, images_per_slide=1)
+    return out
+
+
+def test_budget_stretches_the_recipe_milestones_with_the_steps():
+    recipe = real_config("dghm")  # 8 epochs of 100 steps, lr x0.1 after epochs 6 and 7
+    assert (recipe.train.epochs, recipe.train.milestones) == (8, [6, 7])
+    same = budget_config(recipe, 800)
+    assert (same.train.epochs, same.train.milestones) == (8, [6, 7])
+    long = budget_config(recipe, 2400)  # 24 epochs; 6/8 and 7/8 of them
+    assert (long.train.epochs, long.train.milestones) == (24, [18, 21])
+    short = budget_config(recipe, 200)  # 2 epochs: ceil(1.5) = 2 is the end, ceil(1.75) too
+    assert (short.train.epochs, short.train.milestones) == (2, [])
+    with pytest.raises(ValueError, match="multiple of train.max_steps_per_epoch"):
+        budget_config(recipe, 850)
+
+
+def test_held_out_fold_keeps_every_box_and_training_folds_lose_the_dropped_ones(root, tmp_path):
+    s = RealLossBenchSettings(folds=2, run_folds=[0], drop_rates=[0.0, 0.5])
+    folds_csv = prepare_data(root, tmp_path, s)
+    assert fold_manifest(tmp_path, folds_csv, 0.0, 0) == folds_csv
+    original = {r.name: r for r in read_manifest(folds_csv)}
+    mixed = read_manifest(fold_manifest(tmp_path, folds_csv, 0.5, 0))
+    assert sorted(r.name for r in mixed) == sorted(original)
+    kept_total = removed_total = 0
+    for r in mixed:
+        o = original[r.name]
+        assert r.fold == o.fold and r.attribute == o.attribute
+        if r.attribute != "AP":
+            continue
+        n_orig, n_now = len(read_voc(o.annotation).boxes), len(read_voc(r.annotation).boxes)
+        if r.fold == 0:  # held out: the original annotation file, every box
+            assert r.annotation == o.annotation and n_now == n_orig
+        else:  # trained on: round(0.5 n) boxes removed (half up), kept apart
+            removed = tmp_path / "data" / "drop-50" / "removed-annotations" / r.annotation.name
+            n_removed = len(read_voc(removed).boxes)
+            assert r.annotation != o.annotation
+            assert n_removed == math.floor(0.5 * n_orig + 0.5) and n_now + n_removed == n_orig
+            kept_total, removed_total = kept_total + n_now, removed_total + n_removed
+    assert removed_total > 0 and kept_total > 0
+
+
+def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
+    s = RealLossBenchSettings(folds=2, run_folds=[0], drop_rates=[0.0, 0.5], methods=["dghm"],
+                              steps=4, curve_every=2, overrides=TINY)  # fmt: skip
+    results = run_real_losses(root, tmp_path, s, log=lambda _: None)
+    by_rate = {r["rate"]: r for r in results}
+    assert sorted(by_rate) == [0.0, 0.5]
+    held_out = [r for r in read_manifest(tmp_path / "folds.csv") if r.fold == 0]
+    boxes = sum(len(read_voc(r.annotation).boxes) for r in held_out if r.attribute == "AP")
+    for r in results:
+        assert r["steps"] == 4
+        assert r["test"]["num_gt"] == boxes  # the held-out fold is never dropped
+        assert not (fold_dir(tmp_path, 4, r["rate"], "dghm", 0) / "run" / "last.pt").exists()
+    zero, half = by_rate[0.0], by_rate[0.5]
+    assert [p["step"] for p in zero["curve"]] == [2, 4]
+    assert zero["curve"][-1]["froc"] == zero["test"]["froc"]
+    run = fold_dir(tmp_path, 4, 0.0, "dghm", 0) / "run"
+    assert not (run / snapshot_name(2)).exists() and not (run / snapshot_name(4)).exists()
+    assert half["curve"] == []
+    assert zero["train"]["r_recall"] is None and zero["train"]["removed_boxes"] == 0
+    assert half["train"]["removed_boxes"] > 0 and half["train"]["r_recall"] is not None
+    assert 0.0 <= half["train"]["r_recall"] <= 1.0
+    # the trained-on AP images' boxes: at 0% all of them; at 50% those kept + those removed
+    assert (
+        zero["train"]["kept_boxes"] == half["train"]["kept_boxes"] + half["train"]["removed_boxes"]
+    )
+
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
+    again = run_real_losses(root, tmp_path, s, log=lambda _: None)
+    assert again == results
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")} == stamps
+    assert len(collect(tmp_path)) == 2
+
+    md = write_real_report(collect(tmp_path), 4, ["dghm"], [0.0, 0.5], tmp_path / "docs", "cmd")
+    text = md.read_text()
+    assert "## Table 3 analogue" in text and "| DGHM-C | " in text and "50%" in text
+    (tmp_path / "docs" / "losses-real.md").write_text(
+        text.replace("# Which", "# Reading\n\nkept\n\n# Which")
+    )
+    write_real_report(collect(tmp_path), 4, ["dghm"], [0.0, 0.5], tmp_path / "docs", "cmd2")
+    again_text = md.read_text()  # the written part is kept, the generated block replaced
+    assert "kept" in again_text and "`cmd2`" in again_text and "`cmd`" not in again_text
+
+
+def test_paired_gap_and_its_two_standard_error_mark():
+    a = {0: 0.30, 1: 0.50, 2: 0.40}
+    b = {0: 0.10, 1: 0.35, 2: 0.20, 3: 0.9}  # fold 3 has no partner: left out
+    mean, se, n = paired_gap(a, b)
+    diffs = [0.20, 0.15, 0.20]
+    m = sum(diffs) / 3
+    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / 2)
+    assert n == 3 and mean == pytest.approx(m) and se == pytest.approx(sd / math.sqrt(3))
+
+    def result(method, fold, froc, rate=0.0, rr=None):
+        return {"method": method, "rate": rate, "fold": fold, "steps": 8,
+                "test": {"froc": froc, "recall": 0.5, "precision": 0.1, "nfp": 3.0},
+                "train": {"t_recall": 0.6, "r_recall": rr}}  # fmt: skip
+
+    rows = [result("dghm", f, v) for f, v in b.items()] + [
+        result("focal", f, v) for f, v in a.items()
+    ]
+    table = "\n".join(table3_md(rows, ["focal", "dghm"]))
+    assert f"+{m:.3f} ± {sd / math.sqrt(3):.3f} *" in table  # 0.183 > 2 x 0.017
+    noisy = [result("dghm", 0, 0.1), result("dghm", 1, 0.5), result("focal", 0, 0.3),
+             result("focal", 1, 0.2)]  # fmt: skip
+    assert "*" not in "\n".join(table3_md(noisy, ["focal", "dghm"]))  # +0.2 and -0.3: no sign
+    t4 = [result("dghm", 0, 0.2, 0.5, 0.7), result("ce", 0, 0.1, 0.5, 0.2)]
+    assert "| 50% | CE | 0.200 (1) | -0.500 (1) |" in "\n".join(
+        table4_md(t4, ["ce", "dghm"], [0.0, 0.5])
+    )
+
+
+def test_cli_real_mode_refuses_methods_that_need_a_teacher(root, tmp_path):
+    res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
+                                   "--methods", "dghm,score_ss"])  # fmt: skip
+    assert res.exit_code != 0 and "score_ss" in res.output and "synthetic" in res.output
+    res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
+                                   "--seeds", "0,1"])  # fmt: skip
+    assert res.exit_code != 0 and "one seed" in res.output
