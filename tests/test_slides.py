@@ -35,7 +35,7 @@ from pathodet.predict.plan import SlidePlan
 from pathodet.predict.reader import Slide, SlideError, is_slide_file
 from pathodet.predict.slide_report import density_grid, slide_summary
 from pathodet.predict.slides import NoTissue, slide_inputs, survey
-from pathodet.predict.windows import merge
+from pathodet.predict.windows import merge, overlapping_pairs
 
 TILE, OVERLAP = 512, 64
 SLIDE = SlideConfig(target_mpp=0.25)
@@ -581,9 +581,11 @@ def test_dark_squares_found_once_each_across_window_borders(kind, squares, folde
 @pytest.mark.parametrize("split", [False, True], ids=["direct", "by components"])
 def test_merge_is_torchvision_nms(seed, iou, split, monkeypatch):
     """Either way :func:`merge` computes it (one NMS call, or split over the components of
-    the overlap graph, as for a slide's many candidates), the result is torchvision's."""
+    the overlap graph, as for a slide's many candidates, whose pairs are enumerated in
+    stripes of 37 boxes that cut through the clusters), the result is torchvision's."""
     if split:
         monkeypatch.setattr("pathodet.predict.windows.DIRECT_NMS_MAX", 0)
+        monkeypatch.setattr("pathodet.predict.windows.STRIPE_BOXES", 37)
     rng = np.random.default_rng(seed)
     n_clusters, per = 40, 30
     centres = rng.uniform(0, 3000, (n_clusters, 2)).repeat(per, 0) + rng.normal(
@@ -599,6 +601,26 @@ def test_merge_is_torchvision_nms(seed, iou, split, monkeypatch):
     want = nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).numpy()
     assert len(want) < len(boxes), "overlapping boxes were suppressed"
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("stripe", [1, 7, 4096])
+def test_overlapping_pairs_are_every_pair_above_the_iou_once(stripe, monkeypatch):
+    """Stripe by stripe or all at once, the pairs are those of the all-pairs IoU matrix
+    (torchvision's ``box_iou``) above the threshold, each once; ties in x included."""
+    from torchvision.ops import box_iou
+
+    monkeypatch.setattr("pathodet.predict.windows.STRIPE_BOXES", stripe)
+    rng = np.random.default_rng(stripe)
+    centres = rng.uniform(0, 600, (300, 2)).round(-1)  # many equal x centres
+    sides = rng.uniform(5, 60, (300, 2))
+    sides[:3] = 200  # a few large boxes set the search radius
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+    t = torch.from_numpy(boxes)
+    got = overlapping_pairs(boxes, t, 0.2)
+    iou = box_iou(t, t).numpy()
+    want = {(i, j) for i, j in zip(*np.nonzero(iou > 0.2), strict=True) if i < j}
+    assert len(got) == len(want) > 50
+    assert {(min(a, b), max(a, b)) for a, b in got.tolist()} == want
 
 
 def test_merge_of_nothing():
