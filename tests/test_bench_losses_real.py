@@ -23,7 +23,7 @@ from pathodet.bench.losses_real import (
 )
 from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
 from pathodet.cli import app
-from pathodet.data.digestpath import read_manifest
+from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.voc import read_voc
 from pathodet.demo.real import real_config
@@ -91,7 +91,8 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     for r in results:
         assert r["steps"] == 4
         assert r["test"]["num_gt"] == boxes  # the held-out fold is never dropped
-        assert not (fold_dir(tmp_path, 4, r["rate"], "dghm", 0) / "run" / "last.pt").exists()
+        run = fold_dir(tmp_path, 4, r["rate"], "dghm", 0) / "run"
+        assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
     zero, half = by_rate[0.0], by_rate[0.5]
     assert [p["step"] for p in zero["curve"]] == [2, 4]
     assert zero["curve"][-1]["froc"] == zero["test"]["froc"]
@@ -111,6 +112,11 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     assert again == results
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")} == stamps
     assert len(collect(tmp_path)) == 2
+    other = s.model_copy(update={"seed": 1})  # another training seed, same folders
+    with pytest.raises(DatasetError, match="another config"):
+        run_real_losses(root, tmp_path, other, log=lambda _: None)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")} == stamps
+    assert collect(tmp_path, other) == [] and len(collect(tmp_path, s)) == 2
 
     md = write_real_report(collect(tmp_path), 4, ["dghm"], [0.0, 0.5], tmp_path / "docs", "cmd")
     text = md.read_text()
@@ -141,7 +147,7 @@ def test_paired_gap_and_its_two_standard_error_mark():
         result("focal", f, v) for f, v in a.items()
     ]
     table = "\n".join(table3_md(rows, ["focal", "dghm"]))
-    assert f"+{m:.3f} ± {sd / math.sqrt(3):.3f} *" in table  # 0.183 > 2 x 0.017
+    assert f"+{m:.3f} ± {sd / math.sqrt(3):.3f} (3) *" in table  # 0.183 > 2 x 0.017
     noisy = [result("dghm", 0, 0.1), result("dghm", 1, 0.5), result("focal", 0, 0.3),
              result("focal", 1, 0.2)]  # fmt: skip
     assert "*" not in "\n".join(table3_md(noisy, ["focal", "dghm"]))  # +0.2 and -0.3: no sign

@@ -158,11 +158,19 @@ def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, tmp_pa
 
     slide = tmp_path / "small.tiff"
     write_synthetic_slide(slide, 1536, 1024, seed=3, tissue_fraction=0.5)
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(b"II*\x00 not a slide")
     res = CliRunner().invoke(app, ["bench", "slide", "--out", str(tmp_path / "out"), "--sizes", "",
-                                   "--slides", str(slide), "--checkpoint", str(checkpoint[0]),
+                                   "--slides", str(broken), "--slides", str(slide),
+                                   "--checkpoint", str(checkpoint[0]),
                                    "--engines", "torch-fp32,onnxruntime-fp32"])  # fmt: skip
     assert res.exit_code == 0, res.output
     result = json.loads((tmp_path / "out" / "slide-speed.json").read_text())
+    # the broken slide fails for each engine, named, and the good one is still measured
+    assert [(f["slide"], f["engine"]) for f in result["failed"]] == [
+        ("broken.svs", "torch-fp32"),
+        ("broken.svs", "onnxruntime-fp32"),
+    ]
     rows = {r["engine"]: r for r in result["rows"]}
     assert sorted(rows) == ["onnxruntime-fp32", "torch-fp32"]
     for r in rows.values():

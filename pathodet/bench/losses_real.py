@@ -42,10 +42,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from pathodet.bench.losses_methods import METHODS
+from pathodet.bench.pudet import PU_METHODS
 from pathodet.bench.speed import git_commit
 from pathodet.core.config import Strict
 from pathodet.core.io import atomic_write_text
-from pathodet.data.digestpath import read_manifest, scan_digestpath, write_manifest
+from pathodet.data.digestpath import DatasetError, read_manifest, scan_digestpath, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.demo.real import real_config
 from pathodet.eval.cv import make_folds, run_fold
@@ -53,10 +54,13 @@ from pathodet.eval.evaluate import run_evaluate
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
 from pathodet.training.config import Config, same_config
-from pathodet.training.run_dir import LAST, snapshot_name
+from pathodet.training.run_dir import BEST, LAST, snapshot_name
 
-REAL_METHODS = ("ce", "focal", "ghm", "sce", "dghm", "dghm_star")
-"""The methods that need nothing but a loss (no teacher, prior or pool)."""
+PRIOR_NEEDS = "score_ss"  # its prior is another run's detector
+
+REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
+"""The methods that need no first-round detector, teacher or unlabelled pool: the losses,
+soft sampling on every negative or on AP negatives only, cleanliness and co-mining."""
 
 
 class RealLossBenchSettings(Strict):
@@ -82,20 +86,26 @@ class RealLossBenchSettings(Strict):
                              f"synthetic data; here choose from {list(REAL_METHODS)}")  # fmt: skip
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods repeat: {self.methods}")
-        if any(not 0.0 <= r < 1.0 for r in self.drop_rates):
-            raise ValueError(f"drop rates must be in [0, 1), got {self.drop_rates}")
+        if any(not 0.0 <= r < 1.0 or abs(r * 100 - round(r * 100)) > 1e-9
+               for r in self.drop_rates):  # fmt: skip
+            raise ValueError(f"drop rates must be whole percents in [0, 1), got {self.drop_rates}")
+        if len({round(r * 100) for r in self.drop_rates}) != len(self.drop_rates):
+            raise ValueError(f"drop rates repeat: {self.drop_rates}")
         if any(not 0 <= f < self.folds for f in self.run_folds):
             raise ValueError(f"run_folds must be in 0..{self.folds - 1}, got {self.run_folds}")
         return self
 
 
-def rate_name(rate: float) -> str:
-    """``0.5`` -> ``"drop-50"``."""
-    return f"drop-{round(rate * 100):02d}"
+def rate_name(rate: float, drop_seed: int = 0) -> str:
+    """``0.5`` -> ``"drop-50"``; a drop seed other than 0 is named: ``"drop-50-seed3"``."""
+    return f"drop-{round(rate * 100):02d}" + (f"-seed{drop_seed}" if drop_seed and rate else "")
 
 
-def fold_dir(out: Path, steps: int, rate: float, method: str, fold: int) -> Path:
-    return out / "runs" / f"steps-{steps}" / rate_name(rate) / method / f"fold-{fold}"
+def fold_dir(
+    out: Path, steps: int, rate: float, method: str, fold: int, drop_seed: int = 0
+) -> Path:
+    return (out / "runs" / f"steps-{steps}" / rate_name(rate, drop_seed) / method
+            / f"fold-{fold}")  # fmt: skip
 
 
 def plan(s: RealLossBenchSettings) -> list[tuple[float, int, str]]:
@@ -131,7 +141,7 @@ def prepare_data(root: Path, out: Path, s: RealLossBenchSettings) -> Path:
     for rate in s.drop_rates:
         if rate == 0:
             continue
-        copy = out / "data" / rate_name(rate)
+        copy = out / "data" / rate_name(rate, s.drop_seed)
         stamp = copy / "bench.json"
         params = {"root": str(root.resolve()), "rate": rate, "seed": s.drop_seed}
         if not (stamp.is_file() and json.loads(stamp.read_text()) == params):
@@ -140,7 +150,7 @@ def prepare_data(root: Path, out: Path, s: RealLossBenchSettings) -> Path:
     return folds_csv
 
 
-def fold_manifest(out: Path, folds_csv: Path, rate: float, fold: int) -> Path:
+def fold_manifest(out: Path, folds_csv: Path, rate: float, fold: int, drop_seed: int = 0) -> Path:
     """The manifest a run trains on: at 0% the split itself; else the held-out fold from
     the original root and the training folds from the dropped copy (same names, same folds).
 
@@ -149,7 +159,7 @@ def fold_manifest(out: Path, folds_csv: Path, rate: float, fold: int) -> Path:
     """
     if rate == 0:
         return folds_csv
-    copy = out / "data" / rate_name(rate)
+    copy = out / "data" / rate_name(rate, drop_seed)
     dropped = {r.name: r for r in scan_digestpath(copy)}
     records = []
     for r in read_manifest(folds_csv):
@@ -184,7 +194,8 @@ def held_out_froc(checkpoint: Path, manifest: Path, folder: Path, s: RealLossBen
     return {k: m[k] for k in ("froc", "recall", "precision", "nfp")}
 
 
-def curve(folder: Path, s: RealLossBenchSettings, final: dict) -> list[dict]:
+def curve(folder: Path, s: RealLossBenchSettings, final: dict,
+          log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
     """Held-out FROC at every kept snapshot, then at the end (``final``); cached per point in
     ``curve.json``. Snapshots are deleted once measured."""
     path = folder / "curve.json"
@@ -193,8 +204,9 @@ def curve(folder: Path, s: RealLossBenchSettings, final: dict) -> list[dict]:
     for step in range(s.curve_every, s.steps, s.curve_every) if s.curve_every else []:
         snap = folder / "run" / snapshot_name(step)
         if step not in points:
-            if not snap.is_file():
-                raise FileNotFoundError(f"{snap}: missing; delete {folder} to train it again")
+            if not snap.is_file():  # a run killed between last.pt and its snapshot
+                log(f"{snap}: missing, the curve goes without step {step}")
+                continue
             points[step] = {"step": step,
                             **held_out_froc(snap, manifest, folder / "curve" / str(step), s)}  # fmt: skip
             atomic_write_text(path, json.dumps(sorted(points.values(), key=lambda p: p["step"])))
@@ -217,7 +229,7 @@ def train_recall(folder: Path, manifest: Path, rate: float, fold: int, out: Path
     ap_csv = write_manifest(folder / "train-ap.csv", train_ap)
     pred = folder / "train-eval" / "predictions"
     predict(predict_settings(s), folder / "run" / LAST, [ap_csv], pred)
-    removed = out / "data" / rate_name(rate) / REMOVED_DIR if rate else None
+    removed = out / "data" / rate_name(rate, s.drop_seed) / REMOVED_DIR if rate else None
     m = run_evaluate(ap_csv, pred / "predictions.csv", folder / "train-eval", removed=removed,
                      plot=False)  # fmt: skip
     return {"t_recall": m.get("t_recall", m["recall"]), "r_recall": m.get("r_recall"),
@@ -228,9 +240,9 @@ def train_recall(folder: Path, manifest: Path, rate: float, fold: int, out: Path
 def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, rate: float,
             fold: int, method: str, log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Train (or resume), predict and evaluate one run unless its result is there."""
-    folder = fold_dir(out, s.steps, rate, method, fold)
+    folder = fold_dir(out, s.steps, rate, method, fold, s.drop_seed)
     result_file = folder / "result.json"
-    manifest = fold_manifest(out, folds_csv, rate, fold)
+    manifest = fold_manifest(out, folds_csv, rate, fold, s.drop_seed)
     cfg = run_config(s, manifest, method)
     if rate == 0 and s.curve_every:
         cfg.train.snapshot_every = s.curve_every
@@ -238,16 +250,21 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         done = json.loads(result_file.read_text())
         if same_config(done.get("config"), cfg):
             return done
-        result_file.unlink()
+        raise DatasetError(f"{result_file}: made with another config (seed, --set or "
+                           "--curve-every); choose another --out, or delete its folder")  # fmt: skip
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
         record = run_fold(cfg, manifest, fold, folder.parent, predict_settings(s), log)
-    points = curve(folder, s, record) if rate == 0 else []
+    if record["steps"] != s.steps:
+        raise DatasetError(f"{folder}: trained {record['steps']} steps, not the budget's "
+                           f"{s.steps} (fewer batches per epoch than max_steps_per_epoch?)")  # fmt: skip
+    points = curve(folder, s, record, log) if rate == 0 else []
     train = train_recall(folder, manifest, rate, fold, out, s)
     result = {
         "method": method, "label": METHODS[method].label, "rate": rate, "fold": fold,
-        "seed": s.seed, "steps": record["steps"], "train_minutes": record["train_minutes"],
+        "seed": s.seed, "drop_seed": s.drop_seed, "overrides": s.overrides,
+        "steps": record["steps"], "train_minutes": record["train_minutes"],
         "minutes": (time.perf_counter() - t0) / 60,
         "test": {k: record.get(k) for k in ("froc", "recall", "precision", "nfp",
                                             "froc_points", "num_gt")},
@@ -255,7 +272,8 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "commit": git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
-    (folder / "run" / LAST).unlink(missing_ok=True)  # 50 MB each; the result is what is kept
+    for name in (LAST, BEST):  # 50 MB each; the result is what is kept
+        (folder / "run" / name).unlink(missing_ok=True)
     return result
 
 
@@ -273,13 +291,21 @@ def run_real_losses(root: Path, out: Path, s: RealLossBenchSettings,
         took = time.perf_counter() - t0
         fresh += took > 1.0
         eta = (time.perf_counter() - t_start) / fresh * (len(runs) - k) if fresh else float("nan")
-        rr = r["train"]["r_recall"]
-        log(f"[{k}/{len(runs)}] {rate_name(rate)} fold {fold} {method:<9} FROC "
-            f"{r['test']['froc']:.3f} R-recall {'-' if rr is None else f'{rr:.3f}'} "
+        froc, rr = r["test"]["froc"], r["train"]["r_recall"]
+        log(f"[{k}/{len(runs)}] {rate_name(rate, s.drop_seed)} fold {fold} {method:<9} FROC "
+            f"{'-' if froc is None else f'{froc:.3f}'} R-recall "
+            f"{'-' if rr is None else f'{rr:.3f}'} "
             f"{f'{took / 60:.1f} min' if took > 1 else '(done before)'}; ETA {eta / 60:.0f} min")  # fmt: skip
     return results
 
 
-def collect(out: Path) -> list[dict]:
-    """Every finished run's result under ``out``, whatever settings made it."""
-    return [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/*/*/fold-*/result.json"))]
+def collect(out: Path, s: RealLossBenchSettings | None = None) -> list[dict]:
+    """The finished runs' results under ``out``; with ``s``, only those made with its
+    training seed, drop seed and overrides (any budget, rate, method or fold)."""
+    results = [json.loads(p.read_text())
+               for p in sorted(out.glob("runs/*/*/*/fold-*/result.json"))]  # fmt: skip
+    if s is None:
+        return results
+    same = (s.seed, s.drop_seed, s.overrides)
+    return [r for r in results
+            if (r["seed"], r.get("drop_seed", 0), r.get("overrides", [])) == same]  # fmt: skip

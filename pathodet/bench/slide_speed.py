@@ -122,10 +122,11 @@ def measure_one(slide: Path, engine: str, model_path: Path | None, batch_size: i
                       all_slides=True)["slides"]  # fmt: skip
         wall = time.perf_counter() - t0
         if run["failed"]:
-            raise RuntimeError(f"{slide}: {run['slides']}")
+            raise RuntimeError(f"{slide}: {run['slides']}")  # e.g. unreadable, no tissue
         summary = json.loads((Path(out) / "slides" / slide.stem / "summary.json").read_text())
     tissue_cm2 = summary["tissue_area_mm2"] * CM2_PER_MM2
     return {
+        "threads": torch.get_num_threads(),
         "slide": slide.name,
         "level0": summary["slide"]["level_dimensions"][0],
         "mpp": summary["slide"]["mpp"],
@@ -142,7 +143,7 @@ def measure_one(slide: Path, engine: str, model_path: Path | None, batch_size: i
         "forward_s": clock["forward"],
         "postprocess_s": clock["postprocess"],
         "stages_s": summary["timings"],
-        "tissue_mpx_per_s": summary["tissue_megapixels"] / wall,
+        "tissue_mpx_per_s": summary["tissue_megapixels"] / wall,  # NoTissue fails the slide
         "read_mpx_per_s": summary["read_megapixels"] / wall,
         "min_per_cm2": wall / 60 / tissue_cm2,
         "outside_forward": 1.0 - clock["forward"] / wall,
@@ -234,15 +235,23 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
             write_synthetic_slide(slide, w, h, seed=1, tissue_fraction=frac)
             log(f"synthesized {slide.name} in {time.perf_counter() - t0:.0f} s")
             todo.append(slide)
+        failed = []
         for slide in todo:
             for engine, model_path in models.items():
-                row = _child(slide, engine, model_path, batch_size, workers)
+                try:
+                    row = _child(slide, engine, model_path, batch_size, workers)
+                except RuntimeError as exc:  # one bad slide or engine never loses the others
+                    log(f"failed: {exc}")
+                    failed.append({"slide": slide.name, "engine": engine, "error": str(exc)})
+                    continue
                 log(json.dumps({k: row[k] for k in ("slide", "engine", "wall_s", "min_per_cm2",
                                                     "outside_forward", "peak_rss_gb",
                                                     "detections")}))  # fmt: skip
                 rows.append(row)
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
-              "machine": machine, "model": str(checkpoint) if checkpoint else None}  # fmt: skip
+    threads = sorted({r["threads"] for r in rows}) or [torch.get_num_threads()]
+    result = {"torch": torch.__version__, "threads": threads[0] if len(threads) == 1 else threads,
+              "rows": rows, "failed": failed, "machine": machine,
+              "model": str(checkpoint) if checkpoint else None}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "slide-speed.json", json.dumps(result, indent=1))
     atomic_write_text(out / "slide-speed.md", report_md(result))
@@ -277,6 +286,8 @@ def report_md(result: dict) -> str:
             f"{100 * r['outside_detector']:.1f}% | {r['peak_rss_gb']:.2f} / "
             f"{r['peak_rss_worker_gb']:.2f} | {r['detections']} |"
         )
+    lines += [f"| {f['slide']} | {f['engine']} | failed: {f['error'][-200:]} |"
+              for f in result.get("failed", [])]  # fmt: skip
     lines += [
         "",
         "*Min per cm²*: wall time over the tissue area the mask found. *Outside forward*: the "

@@ -84,9 +84,6 @@ def bench_losses(
     curve_every: Annotated[
         int | None, typer.Option(help="Real mode: held-out FROC every N steps at 0% dropped.")
     ] = None,
-    config: Annotated[Path, typer.Option(help="Real mode: the training recipe.")] = Path(
-        "configs/digestpath.yaml"
-    ),
 ) -> None:
     """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4): on
     synthetic data, or with --data on real DigestPath (case-grouped folds, real boxes
@@ -94,6 +91,8 @@ def bench_losses(
     import shlex
 
     if data is not None:
+        if quick or keep_checkpoints:
+            fail("--quick and --keep-checkpoints are for the synthetic benchmark, not --data")
         _bench_losses_real(data, out, docs, rates, methods, steps, overrides, folds, seeds,
                            curve_every, report_only)  # fmt: skip
         return
@@ -179,7 +178,7 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
             raise FileNotFoundError(f"--data {data}: no such folder")
         if not report_only:
             run_real_losses(data, out, settings, log=lambda m: typer.echo(m, err=True))
-        md = write_real_report(collect(out), settings.steps, settings.methods,
+        md = write_real_report(collect(out, settings), settings.steps, settings.methods,
                                settings.drop_rates, docs or Path("docs/benchmarks"), command)  # fmt: skip
     typer.echo(f"report: {md}")
 

@@ -222,7 +222,8 @@ STRIPE_BOXES = 4096
 
 
 def overlapping_pairs(boxes: np.ndarray, t: Tensor, iou_threshold: float) -> np.ndarray:
-    """``(P, 2)`` index pairs ``i < j`` of the ``(K, 4)`` boxes whose IoU exceeds the threshold.
+    """``(P, 2)`` index pairs of the ``(K, 4)`` boxes whose IoU exceeds the threshold, each
+    pair once (in either order).
 
     Candidates are the pairs whose centres lie within one box side (the largest) of each
     other in x and in y (a k-d tree's ``query_pairs``, Chebyshev distance); any pair with a
@@ -230,7 +231,9 @@ def overlapping_pairs(boxes: np.ndarray, t: Tensor, iou_threshold: float) -> np.
     boxes at a time (with the boxes up to one side beyond the stripe), and filtered by IoU
     before the next stripe, so memory follows the stripe, not the slide: at a slide's
     density all candidate pairs at once took 10.6 GB for 200,000 boxes. A pair belongs to
-    the stripe of its box with the smaller x centre, so each is found once.
+    the stripe of its box with the smaller x centre, so each is found once. The reach is the
+    largest box's side, so one large box widens every stripe: memory is bounded by the
+    stripe's boxes and that side, not by the slide.
     ``t``: the same boxes as a float64 tensor.
     """
     side = float(max(np.max(boxes[:, 2] - boxes[:, 0]), np.max(boxes[:, 3] - boxes[:, 1]), 1.0))

@@ -383,11 +383,12 @@ class Trainer:
                 self.on_step(self.step, tc.epochs * n_batches, values["loss"])
             if self.info.is_main and (self.step % tc.log_every == 0 or self.batch == n_batches):
                 self.logs.log(self.step, self.epoch, "train", {**values, "tiles_per_s": rate})
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                self.save()
             if tc.snapshot_every and self.step % tc.snapshot_every == 0 and self.info.is_main:
+                # before last.pt: a run killed in between redoes this step and its snapshot
                 save_checkpoint(self.run_dir / snapshot_name(self.step),
                                 {"config": self.cfg.model_dump_json(), "model": self.model.state_dict()})  # fmt: skip
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                self.save()
         val = self.validate() if self.info.is_main else {}
         if self.info.is_main:
             mean = self.loss_sum / max(self.loss_count, 1)
