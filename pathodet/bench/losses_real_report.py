@@ -77,7 +77,7 @@ def _gap(values: dict[int, float], ref: dict[int, float]) -> str:
 
 def table3_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
     """0% dropped: held-out figures per method, FROC gap to DGHM-C, the paper's FROC."""
-    lines = ["| method | FROC | gap to DGHM-C (paired) | recall | precision | NFP | "
+    lines = ["| method | FROC | gap to DGHM-C (paired) | recall | precision | FPs per NP image | "
              "T-recall (train) | paper FROC |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     ref = _values(results, 0.0, REFERENCE, "test.froc")
     for m in methods:
@@ -163,6 +163,10 @@ def curves_png(results: Sequence[dict], methods: Sequence[str], path: Path) -> P
     if not drawn:
         plt.close(fig)
         return None
+    tc = next((r["config"]["train"] for r in results if r.get("config")), None)
+    for k, epoch in enumerate(tc["milestones"] if tc else []):  # where the learning rate drops
+        ax.axvline(epoch * tc["max_steps_per_epoch"], color="0.5", linestyle="--", linewidth=0.8,
+                   label="learning rate x0.1" if k == 0 else None)  # fmt: skip
     ax.set_xlabel("training steps (batch 8 of 256-px crops at 20x)")
     ax.set_ylabel("held-out FROC")
     ax.set_ylim(bottom=0)
