@@ -173,7 +173,8 @@ def fold_manifest(out: Path, folds_csv: Path, rate: float, fold: int, drop_seed:
 
 
 def run_config(s: RealLossBenchSettings, root_manifest: Path, method: str) -> Config:
-    """The recipe with the method's loss, the seed, the budget and snapshots at 0%."""
+    """The recipe with the method's loss, the seed and the budget (:func:`run_one` adds the
+    snapshots of the 0% runs)."""
     m = METHODS[method]
     cfg = real_config(m.loss, s.seed, [*m.overrides, *s.overrides])
     cfg = budget_config(cfg, s.steps)
