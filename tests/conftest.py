@@ -115,6 +115,16 @@ def sorted_rows(boxes: np.ndarray) -> list[tuple[float, ...]]:
     return sorted(tuple(float(v) for v in row) for row in np.asarray(boxes).reshape(-1, 4))
 
 
+def tiny_training(epochs: int, steps_per_epoch: int) -> list[str]:
+    """Config overrides for a seconds-long training on 256-px tiles (a 16-channel FPN, no
+    workers, no colour jitter): for tests that need a checkpoint, not a good detector."""
+    return [f"train.epochs={epochs}", f"train.max_steps_per_epoch={steps_per_epoch}",
+            "train.milestones=[1]", "train.val_tiles=2", "train.num_workers=0",
+            "train.batch_size=2", "model.fpn_channels=16", "data.scale=1.0",
+            "data.tiling.tile_size=256", "data.tiling.stride=256", "train.augment.crop=128",
+            "train.augment.hed_jitter=0"]  # fmt: skip
+
+
 @pytest.fixture
 def make_root(tmp_path):
     """Build a DigestPath-layout root.

@@ -278,6 +278,9 @@ def test_cli_refuses_an_unknown_method(tmp_path):
                                    "--methods", "focal,nope"])  # fmt: skip
     assert bad.exit_code != 0 and "unknown method" in bad.output
     assert not (tmp_path / "c" / "runs").exists()
+    bad = CliRunner().invoke(app, ["bench", "losses", "--quick", "--out", str(tmp_path / "c"),
+                                   "--seeds", "0,x"])  # fmt: skip
+    assert bad.exit_code != 0 and "--seeds 0,x" in bad.output
 
 
 @pytest.mark.slow  # 20-35 s: run_losses is run by the `tiny` fixture, the report by a unit test

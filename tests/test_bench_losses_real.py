@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import tiny_training
 from typer.testing import CliRunner
 
 from pathodet.bench.losses_real import (
@@ -29,10 +30,7 @@ from pathodet.data.voc import read_voc
 from pathodet.demo.real import real_config
 from pathodet.training.run_dir import snapshot_name
 
-TINY = ["train.epochs=2", "train.max_steps_per_epoch=2", "train.milestones=[1]",
-        "train.val_tiles=2", "train.num_workers=0", "train.batch_size=2",
-        "model.fpn_channels=16", "data.scale=1.0", "data.tiling.tile_size=256",
-        "data.tiling.stride=256", "train.augment.crop=128", "train.augment.hed_jitter=0"]  # fmt: skip
+TINY = tiny_training(2, 2)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +162,19 @@ def test_cli_real_mode_refuses_methods_that_need_a_teacher(root, tmp_path):
     res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
                                    "--seeds", "0,1"])  # fmt: skip
     assert res.exit_code != 0 and "one seed" in res.output
+    res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
+                                   "--rates", "0,half"])  # fmt: skip
+    assert res.exit_code != 0 and "--rates 0,half" in res.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_real_report_only_names_the_command_that_reproduces_it(root, tmp_path):
+    docs = tmp_path / "docs"
+    res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
+                                   "--rates", "0,0.5", "--folds", "1", "--steps", "8",
+                                   "--report-only", "--docs", str(docs)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    md = (docs / "losses-real.md").read_text()
+    assert f"pathodet bench losses --data {root} --out {tmp_path} --rates 0,0.5 --folds 1 " \
+           "--steps 8" in md  # fmt: skip
+    assert not (tmp_path / "runs").exists()  # nothing trained

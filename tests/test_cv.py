@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_training
 
 from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
@@ -12,10 +13,7 @@ from pathodet.demo.real import real_config
 from pathodet.eval.cv import run_cv, summarize_cv
 from pathodet.predict.config import PredictConfig
 
-TINY = ["train.epochs=1", "train.max_steps_per_epoch=1", "train.milestones=[1]",
-        "train.val_tiles=2", "train.num_workers=0", "train.batch_size=2",
-        "model.fpn_channels=16", "data.scale=1.0", "data.tiling.tile_size=256",
-        "data.tiling.stride=256", "train.augment.crop=128", "train.augment.hed_jitter=0"]  # fmt: skip
+TINY = tiny_training(1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ RUNS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("onnxrun
 
 
 def child(model: str, engine: str, precision: str, held_out: str, out: str) -> None:
+    from pathodet.bench.slide_speed import peak_rss_gb
     from pathodet.data.digestpath import read_manifest
     from pathodet.predict.config import PredictConfig
     from pathodet.predict.pipeline import predict
@@ -36,16 +36,8 @@ def child(model: str, engine: str, precision: str, held_out: str, out: str) -> N
     t0 = time.perf_counter()
     summary = predict(config, model, images, out)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "summary": summary["images"], "maxrss_mb": peak_mb()}))
-
-
-def peak_mb() -> float:
-    """This process's peak resident memory, MB: ``VmHWM``, which starts afresh at exec
-    (``ru_maxrss`` would carry the parent's peak over a fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_gb() * 1024
+    print(json.dumps({"seconds": seconds, "summary": summary["images"], "maxrss_mb": peak_mb}))
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from pathodet.bench import losses
 from pathodet.bench.losses_methods import METHODS
 from pathodet.bench.pudet import PU_METHODS
 from pathodet.bench.speed import git_commit
@@ -58,6 +59,7 @@ from pathodet.training.run_dir import BEST, LAST, snapshot_name
 
 PRIOR_NEEDS = "score_ss"  # its prior is another run's detector
 
+HELD_OUT_KEYS = ("froc", "recall", "precision", "nfp")  # the challenge's held-out figures
 REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
 """The methods that need no first-round detector, teacher or unlabelled pool: the losses,
 soft sampling on every negative or on AP negatives only, cleanliness and co-mining."""
@@ -98,7 +100,7 @@ class RealLossBenchSettings(Strict):
 
 def rate_name(rate: float, drop_seed: int = 0) -> str:
     """``0.5`` -> ``"drop-50"``; a drop seed other than 0 is named: ``"drop-50-seed3"``."""
-    return f"drop-{round(rate * 100):02d}" + (f"-seed{drop_seed}" if drop_seed and rate else "")
+    return losses.rate_name(rate) + (f"-seed{drop_seed}" if drop_seed and rate else "")
 
 
 def fold_dir(
@@ -192,7 +194,7 @@ def held_out_froc(checkpoint: Path, manifest: Path, folder: Path, s: RealLossBen
     pred = folder / "predictions"
     predict(predict_settings(s), checkpoint, [manifest], pred)
     m = run_evaluate(manifest, pred / "predictions.csv", folder / "eval", plot=False)
-    return {k: m[k] for k in ("froc", "recall", "precision", "nfp")}
+    return {k: m[k] for k in HELD_OUT_KEYS}
 
 
 def curve(folder: Path, s: RealLossBenchSettings, final: dict,
@@ -215,7 +217,7 @@ def curve(folder: Path, s: RealLossBenchSettings, final: dict,
     (folder / "run" / snapshot_name(s.steps)).unlink(missing_ok=True)  # the final weights
     points[s.steps] = {
         "step": s.steps,
-        **{k: final[k] for k in ("froc", "recall", "precision", "nfp")},
+        **{k: final[k] for k in HELD_OUT_KEYS},
     }
     result = sorted(points.values(), key=lambda p: p["step"])
     atomic_write_text(path, json.dumps(result))
@@ -267,8 +269,7 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "seed": s.seed, "drop_seed": s.drop_seed, "overrides": s.overrides,
         "steps": record["steps"], "train_minutes": record["train_minutes"],
         "minutes": (time.perf_counter() - t0) / 60,
-        "test": {k: record.get(k) for k in ("froc", "recall", "precision", "nfp",
-                                            "froc_points", "num_gt")},
+        "test": {k: record.get(k) for k in (*HELD_OUT_KEYS, "froc_points", "num_gt")},
         "train": train, "curve": points, "machine": record.get("machine"),
         "commit": git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
     }  # fmt: skip

@@ -88,8 +88,6 @@ def bench_losses(
     """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4): on
     synthetic data, or with --data on real DigestPath (case-grouped folds, real boxes
     dropped from the training folds); resumable: rerun the same command to continue."""
-    import shlex
-
     if data is not None:
         if quick or keep_checkpoints:
             fail("--quick and --keep-checkpoints are for the synthetic benchmark, not --data")
@@ -102,20 +100,11 @@ def bench_losses(
     from pathodet.bench.losses_report import report
 
     base = quick_settings() if quick else LossBenchSettings()
-    changes: dict = {}
-    try:
-        if seeds is not None:
-            changes["seeds"] = [int(x) for x in seeds.split(",")]
-        if rates is not None:
-            changes["drop_rates"] = [float(x) for x in rates.split(",")]
-    except ValueError as exc:
-        fail(f"--seeds/--rates: {exc}")
-    if methods is not None:
-        changes["methods"] = [m.strip() for m in methods.split(",")]
-    if steps is not None:
-        changes["steps"] = steps
-    if overrides:
-        changes["overrides"] = list(overrides)
+    changes = _run_changes(methods, steps, overrides)
+    if seeds is not None:
+        changes["seeds"] = _comma_list("--seeds", seeds, int)
+    if rates is not None:
+        changes["drop_rates"] = _comma_list("--rates", rates, float)
     try:
         settings = LossBenchSettings(**{**base.model_dump(), **changes})
     except ValueError as exc:
@@ -123,8 +112,7 @@ def bench_losses(
     given = [("--out", out if out != Path("bench-output/losses") else None), ("--docs", docs),
              ("--seeds", seeds), ("--rates", rates), ("--methods", methods), ("--steps", steps),
              *[("--set", o) for o in overrides or []]]  # fmt: skip
-    command = " ".join(["pathodet bench losses", *(["--quick"] if quick else []),
-                        *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
+    command = _command_line(["--quick"] if quick else [], given)
     docs = docs or (out / "report" if quick else Path("docs/benchmarks"))
     with user_errors():
         if not report_only:
@@ -139,29 +127,21 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
                        folds: str | None, seeds: str | None, curve_every: int | None,
                        report_only: bool) -> None:  # fmt: skip
     """``bench losses --data``: :mod:`pathodet.bench.losses_real`."""
-    import shlex
-
     from pathodet.bench.losses_real import RealLossBenchSettings, collect, run_real_losses
     from pathodet.bench.losses_real_report import write_real_report
 
-    changes: dict = {}
-    try:
-        if rates is not None:
-            changes["drop_rates"] = [float(x) for x in rates.split(",")]
-        if folds is not None:
-            changes["run_folds"] = [int(x) for x in folds.split(",")]
-        if seeds is not None:
-            (changes["seed"],) = [int(x) for x in seeds.split(",")]
-    except ValueError as exc:
-        fail(f"--rates/--folds/--seeds (one seed in real mode; folds are the runs): {exc}")
-    if methods is not None:
-        changes["methods"] = [m.strip() for m in methods.split(",")]
-    if steps is not None:
-        changes["steps"] = steps
+    changes = _run_changes(methods, steps, overrides)
+    if rates is not None:
+        changes["drop_rates"] = _comma_list("--rates", rates, float)
+    if folds is not None:
+        changes["run_folds"] = _comma_list("--folds", folds, int)
+    if seeds is not None:
+        one_seed = _comma_list("--seeds", seeds, int)
+        if len(one_seed) != 1:
+            fail(f"--seeds {seeds}: one seed in real mode (the folds are the runs)")
+        changes["seed"] = one_seed[0]
     if curve_every is not None:
         changes["curve_every"] = curve_every
-    if overrides:
-        changes["overrides"] = list(overrides)
     try:
         settings = RealLossBenchSettings(**changes)
     except ValueError as exc:
@@ -171,8 +151,7 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
              ("--methods", methods), ("--steps", steps), ("--seeds", seeds),
              ("--curve-every", curve_every),
              *[("--set", o) for o in overrides or []]]  # fmt: skip
-    command = " ".join(["pathodet bench losses",
-                        *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
+    command = _command_line([], given)
     with user_errors():
         if not data.is_dir():
             raise FileNotFoundError(f"--data {data}: no such folder")
@@ -181,6 +160,34 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
         md = write_real_report(collect(out, settings), settings.steps, settings.methods,
                                settings.drop_rates, docs or Path("docs/benchmarks"), command)  # fmt: skip
     typer.echo(f"report: {md}")
+
+
+def _comma_list(option: str, text: str, kind: type) -> list:
+    """A comma-separated option's values as ``kind``; a bad value exits naming the option."""
+    try:
+        return [kind(x.strip()) for x in text.split(",")]
+    except ValueError as exc:
+        fail(f"{option} {text}: {exc}")
+
+
+def _run_changes(methods: str | None, steps: int | None, overrides: list[str] | None) -> dict:
+    """The settings both ``bench losses`` modes take alike: methods, budget, config overrides."""
+    changes: dict = {}
+    if methods is not None:
+        changes["methods"] = [m.strip() for m in methods.split(",")]
+    if steps is not None:
+        changes["steps"] = steps
+    if overrides:
+        changes["overrides"] = list(overrides)
+    return changes
+
+
+def _command_line(flags: list[str], given: list[tuple[str, object]]) -> str:
+    """The ``bench losses`` command that reproduces a report (options left at default omitted)."""
+    import shlex
+
+    return " ".join(["pathodet bench losses", *flags,
+                     *(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)])  # fmt: skip
 
 
 @bench_app.command("grad-share")
