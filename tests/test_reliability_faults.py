@@ -273,6 +273,24 @@ def test_resume_refuses_a_config_that_differs_from_the_checkpoint(key, value, da
     assert train(more, run, resume=True, progress=False, log=lambda m: None)["steps"] >= 1
 
 
+def test_training_seconds_add_up_over_a_resume(data, tmp_path):
+    """A resumed run's training time continues from its checkpoint's, not from zero."""
+    sets = tiny(data, **{"train.epochs": "1", "train.max_steps_per_epoch": "1"})
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    first = train(load_config(REPO / "configs/focal.yaml", sets), run, progress=False,
+                  log=lambda m: None)["train_seconds"]  # fmt: skip
+    assert 0 < first <= time.perf_counter() - t0
+    state = load_checkpoint(run / "last.pt")
+    assert 0 < state["train_seconds"] <= first
+    state["train_seconds"] = 1000.0  # as if the segments before the kill took 1000 s
+    save_checkpoint(run / "last.pt", state)
+    more = load_config(run / "config.yaml", ["train.epochs=2"])
+    t0 = time.perf_counter()
+    total = train(more, run, resume=True, progress=False, log=lambda m: None)["train_seconds"]
+    assert 1000.0 < total <= 1000.0 + time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------- 2. full disk
 
 

@@ -94,15 +94,11 @@ def _fold_cfg(cfg: Config, folds_csv: Path, fold: int) -> Config:
 
 
 def _train_fold(cfg: Config, run_dir: Path, log: Callable[[str], None], progress: bool) -> dict:
-    """Train, or resume, one fold's run; returns ``{"steps", "seconds"}`` summed over resumes."""
-    timing = run_dir / "cv-time.json"
-    before = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    """Train, or resume, one fold's run; returns ``{"steps", "seconds", "resumed"}``, the
+    seconds summed over every resumed segment (the trainer keeps them in its checkpoint)."""
     resume = (run_dir / LAST).is_file()
-    t0 = time.perf_counter()
     summary = train(cfg, run_dir, resume=resume, progress=progress, log=log)
-    seconds = before + time.perf_counter() - t0
-    atomic_write_text(timing, json.dumps({"seconds": seconds}))
-    return {"steps": summary["steps"], "seconds": seconds, "resumed": resume}
+    return {"steps": summary["steps"], "seconds": summary["train_seconds"], "resumed": resume}
 
 
 def operating_point(

@@ -164,6 +164,9 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
+        # wall seconds spent training this run, over every resumed segment up to the
+        # checkpoint it resumed from (work redone after a kill counts once)
+        self.seconds_before, self.segment_start = 0.0, time.perf_counter()
         if resume:
             state = load_checkpoint(self.run_dir / LAST)
             check_resume_config(self.run_dir / LAST, state, self.cfg)
@@ -213,6 +216,7 @@ class Trainer:
         self.best, self.metrics = state.get("best"), state.get("metrics", {})
         self.loss_sum, self.loss_count = state.get("loss_sum", 0.0), state.get("loss_count", 0)
         self.mining = state.get("mining", {})
+        self.seconds_before = state.get("train_seconds", 0.0)  # 0: written before it was kept
         if self.distiller is not None:
             self.distiller.adapters.load_state_dict(state["adapters"])
 
@@ -239,7 +243,12 @@ class Trainer:
             "adapters": None if self.distiller is None else self.distiller.adapters.state_dict(),
             "machine": self.machine,
             "pixels": self.pixels,
+            "train_seconds": self.train_seconds(),
         }
+
+    def train_seconds(self) -> float:
+        """Wall seconds of training (validation included) since step 0, over resumes."""
+        return self.seconds_before + time.perf_counter() - self.segment_start
 
     def save(self, name: str = LAST) -> None:
         if self.info.is_main:
@@ -341,6 +350,7 @@ class Trainer:
         n_batches = self.sampler.batches_per_epoch()
         bar = Bars(enabled=self.progress)
         bar.add("train", total=tc.epochs * n_batches)
+        self.segment_start = time.perf_counter()
         try:
             with bar if self.progress else nullcontext():
                 while self.epoch < tc.epochs:
@@ -357,6 +367,7 @@ class Trainer:
             "best": self.best,
             "metrics": self.metrics,
             "machine": self.machine,
+            "train_seconds": self.train_seconds(),
         }
 
     def _run_epoch(self, bar: Bars, n_batches: int) -> None:
