@@ -8,6 +8,7 @@ from the recipe's numbers and from the annotations themselves.
 from __future__ import annotations
 
 import math
+import shlex
 
 import pytest
 from conftest import tiny_training
@@ -175,6 +176,7 @@ def test_cli_real_report_only_names_the_command_that_reproduces_it(root, tmp_pat
                                    "--report-only", "--docs", str(docs)])  # fmt: skip
     assert res.exit_code == 0, res.output
     md = (docs / "losses-real.md").read_text()
-    assert f"pathodet bench losses --data {root} --out {tmp_path} --rates 0,0.5 --folds 1 " \
-           "--steps 8" in md  # fmt: skip
+    q = shlex.quote
+    assert f"pathodet bench losses --data {q(str(root))} --out {q(str(tmp_path))} --rates 0,0.5 " \
+           "--folds 1 --steps 8" in md  # fmt: skip
     assert not (tmp_path / "runs").exists()  # nothing trained

@@ -273,7 +273,6 @@ def run_one(
     resume = can_resume(folder, cfg)
     if not resume and folder.exists():
         shutil.rmtree(folder)  # an earlier run with other settings
-    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
         summary = train(cfg, folder, resume=resume, progress=False, log=lambda _: None)
@@ -281,7 +280,7 @@ def run_one(
     metrics = evaluate_run(out, folder, rate, s)
     result = {
         "method": method, "label": METHODS[method].label, "rate": rate, "seed": seed,
-        "steps": summary["steps"], "train_seconds": t1 - t0,
+        "steps": summary["steps"], "train_seconds": summary["train_seconds"],
         "eval_seconds": time.perf_counter() - t1, "resumed": resume, "commit": git_commit(),
         "machine": summary.get("machine"),  # precision and CPU of the training
         **metrics,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import typer
 
 from pathodet.training.config import ConfigError
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``pathodet: error: message`` on stderr and exit with ``code``."""
     typer.echo(f"pathodet: error: {message}", err=True)
     raise typer.Exit(code)
 

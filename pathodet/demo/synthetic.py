@@ -158,18 +158,13 @@ def train_model(
     resume = can_resume(run_dir, cfg)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own earlier run, made with other settings
-    # wall time over every demo invocation that worked on this run (a killed one's is lost)
-    clock = run_dir / "demo-time.json"
-    before = json.loads(clock.read_text())["seconds"] if resume and clock.is_file() else 0.0
-    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
         summary = train(
             cfg, run_dir, resume=resume, progress=False, log=lambda _: None,
             val_metrics=tile_metrics, on_step=lambda step, total, _: update(step, total),
         )  # fmt: skip
-    seconds = before + time.perf_counter() - t0
-    atomic_write_text(clock, json.dumps({"seconds": seconds}))
+    seconds = summary["train_seconds"]  # over every resumed segment, kept in the checkpoint
     update(summary["steps"], summary["steps"])
     return {
         "loss": loss,
@@ -306,7 +301,8 @@ def run_demo(
 
 def _seconds(stages: dict, total: float, training: dict) -> dict:
     """Stage and total wall times of this invocation, and ``end_to_end``: the total with the
-    training time of runs this invocation reused (from their ``demo-time.json``) put back."""
+    training time of runs this invocation reused or resumed (the trainer's ``train_seconds``,
+    kept in each checkpoint) put back."""
     now = sum(stages.get(f"train_{k}", 0.0) for k in training)
     before = sum(training[k]["seconds"] for k in training)
     return {**stages, "total": total, "end_to_end": total - now + before}

@@ -19,6 +19,10 @@ A checkpoint is a dict of tensors and plain Python values only (loaded with
                          pathodet.core.machine.machine_record)
     pixels               the pixel size learnt at: {"scale": data.scale, "source_mpp": data.mpp,
                          "detector_mpp": mpp / scale or None}; predict resizes by ``scale``
+    loss_sum, loss_count the current epoch's training loss so far; mining: its co-mining counts
+    adapters             the distillation adapters' state dict, or None
+    train_seconds        wall seconds of the run so far (setup, training, validation), summed
+                         over resumed segments up to this checkpoint
 
 The file is written to a temporary name in the same folder, flushed to disk, then renamed
 over the target, so a run killed at any moment leaves either the old or the new file whole.

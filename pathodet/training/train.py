@@ -123,6 +123,9 @@ class Trainer:
         val_metrics: ValMetrics | None = None,
         on_step: OnStep | None = None,
     ) -> None:
+        # wall seconds spent on this run (setup, training, validation), over every resumed
+        # segment up to the checkpoint it resumed from (work redone after a kill counts once)
+        self.seconds_before, self.segment_start = 0.0, time.perf_counter()
         self.run_dir = Path(run_dir)
         self.val_metrics = val_metrics
         self.on_step = on_step
@@ -164,9 +167,6 @@ class Trainer:
         self.epoch, self.batch, self.step, self.best, self.metrics = 0, 0, 0, None, {}
         self.loss_sum, self.loss_count = 0.0, 0  # this epoch's training loss so far
         self.mining: dict[str, float] = {}  # this epoch's co-mining counts so far
-        # wall seconds spent training this run, over every resumed segment up to the
-        # checkpoint it resumed from (work redone after a kill counts once)
-        self.seconds_before, self.segment_start = 0.0, time.perf_counter()
         if resume:
             state = load_checkpoint(self.run_dir / LAST)
             check_resume_config(self.run_dir / LAST, state, self.cfg)
@@ -247,8 +247,9 @@ class Trainer:
         }
 
     def train_seconds(self) -> float:
-        """Wall seconds of training (validation included) since step 0, over resumes."""
-        return self.seconds_before + time.perf_counter() - self.segment_start
+        """Wall seconds of this run since it started (setup and validation included),
+        summed over resumed segments."""
+        return self.seconds_before + (time.perf_counter() - self.segment_start)
 
     def save(self, name: str = LAST) -> None:
         if self.info.is_main:
@@ -350,7 +351,6 @@ class Trainer:
         n_batches = self.sampler.batches_per_epoch()
         bar = Bars(enabled=self.progress)
         bar.add("train", total=tc.epochs * n_batches)
-        self.segment_start = time.perf_counter()
         try:
             with bar if self.progress else nullcontext():
                 while self.epoch < tc.epochs:
