@@ -139,7 +139,8 @@ def test_paired_gap_and_its_two_standard_error_mark():
 
     def result(method, fold, froc, rate=0.0, rr=None):
         return {"method": method, "rate": rate, "fold": fold, "steps": 8,
-                "test": {"froc": froc, "recall": 0.5, "precision": 0.1, "nfp": 3.0},
+                "test": {"froc": froc, "recall": 0.5, "precision": 0.1, "nfp": 3.0,
+                         "froc_points": {"1": froc / 2, "32": froc}},
                 "train": {"t_recall": 0.6, "r_recall": rr}}  # fmt: skip
 
     rows = [result("dghm", f, v) for f, v in b.items()] + [
@@ -147,6 +148,10 @@ def test_paired_gap_and_its_two_standard_error_mark():
     ]
     table = "\n".join(table3_md(rows, ["focal", "dghm"]))
     assert f"+{m:.3f} ± {sd / math.sqrt(3):.3f} (3) *" in table  # 0.183 > 2 x 0.017
+    focal_row = next(r for r in table.splitlines() if r.startswith("| focal |"))
+    half = [v / 2 for v in a.values()]  # recall at 1 FP per NP image, per fold
+    sd_half = math.sqrt(sum((v - sum(half) / 3) ** 2 for v in half) / 2)
+    assert focal_row.split(" | ")[3] == f"{sum(half) / 3:.3f} ± {sd_half:.3f} (3)"
     noisy = [result("dghm", 0, 0.1), result("dghm", 1, 0.5), result("focal", 0, 0.3),
              result("focal", 1, 0.2)]  # fmt: skip
     assert "*" not in "\n".join(table3_md(noisy, ["focal", "dghm"]))  # +0.2 and -0.3: no sign
