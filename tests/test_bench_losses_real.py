@@ -21,6 +21,7 @@ from pathodet.bench.losses_real import (
     fold_dir,
     fold_manifest,
     prepare_data,
+    run_config,
     run_real_losses,
 )
 from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
@@ -39,6 +40,15 @@ def root(tmp_path_factory):
     out = tmp_path_factory.mktemp("real-bench-data")
     write_synthetic_dataset(out, positive=4, negative=4, size=512, seed=1, images_per_slide=1)
     return out
+
+
+def test_every_run_clips_its_gradients_unless_overridden(tmp_path):
+    manifest = tmp_path / "fold-0.csv"
+    for method in ("ce", "dghm"):
+        assert run_config(RealLossBenchSettings(), manifest, method).train.grad_clip == 35
+    assert real_config("dghm").train.grad_clip is None  # the recipe itself is unchanged
+    mine = RealLossBenchSettings(overrides=["train.grad_clip=5"])
+    assert run_config(mine, manifest, "focal").train.grad_clip == 5  # the user's wins
 
 
 def test_budget_stretches_the_recipe_milestones_with_the_steps():

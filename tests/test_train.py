@@ -355,3 +355,15 @@ def test_bad_checkpoints_are_refused_with_the_file_name(tmp_path):
 def test_config_error_for_bad_override_type():
     with pytest.raises(ConfigError, match="train.precision"):
         load_config(REPO / "configs/smoke.yaml", ["train.precision=fp8"])
+
+
+@pytest.mark.parametrize("clip", [None, 35.0, 100.0])
+def test_backward_clips_the_gradient_norm_and_returns_it_unclipped(clip):
+    # loss = 30 * w1 + 40 * w2: its gradient is (30, 40), of L2 norm 50
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([w])
+    norm = train_mod.backward((w * torch.tensor([30.0, 40.0])).sum(), opt, grad_clip=clip)
+    assert norm == pytest.approx(50.0)  # the norm before clipping: what the log shows
+    expected = 50.0 if clip is None or clip >= 50 else clip
+    assert float(w.grad.norm()) == pytest.approx(expected, rel=1e-5)
+    assert torch.allclose(w.grad / w.grad.norm(), torch.tensor([0.6, 0.8]))  # same direction

@@ -12,7 +12,7 @@ the paper's question where it was asked, on the real release, with what real dat
   paper's robustness figure). A fold's manifest (``data/drop-50/fold-0.csv``) takes the
   held-out fold's images from the original root and the others from the dropped copy.
 - **Budget.** Every method trains the real-data recipe (``configs/digestpath.yaml``,
-  :data:`~pathodet.demo.real.REAL_RECIPE`) for
+  :data:`~pathodet.demo.real.REAL_RECIPE`, with gradients clipped: :data:`BENCH_RECIPE`) for
   the same number of steps, its learning-rate milestones stretched with the budget. The
   runs at 0% dropped keep their weights every ``curve_every`` steps and are measured on
   the held-out fold at each: the curve of FROC against steps that says whether a method
@@ -59,6 +59,12 @@ from pathodet.training.run_dir import BEST, LAST, snapshot_name
 
 PRIOR_NEEDS = "score_ss"  # its prior is another run's detector
 
+BENCH_RECIPE = ("train.grad_clip=35",)
+"""Added to the real-data recipe for every run: gradients clipped to an L2 norm of 35, the
+value of mmdetection's RetinaNet configs ("loss may NaN without clip_grad"). Without it the
+first 2400-step runs had gradient norms up to 875 (medians 3-14), validation losses up to
+1432 and one DGHM-C run that collapsed to a grid of anchor-shaped boxes (held-out FROC 0):
+docs/benchmarks/losses-real.md, "Instability"."""
 HELD_OUT_KEYS = ("froc", "recall", "precision", "nfp")  # the challenge's held-out figures
 REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
 """The methods that need no first-round detector, teacher or unlabelled pool: the losses,
@@ -175,10 +181,10 @@ def fold_manifest(out: Path, folds_csv: Path, rate: float, fold: int, drop_seed:
 
 
 def run_config(s: RealLossBenchSettings, root_manifest: Path, method: str) -> Config:
-    """The recipe with the method's loss, the seed and the budget (:func:`run_one` adds the
-    snapshots of the 0% runs)."""
+    """The recipe with :data:`BENCH_RECIPE`, the method's loss, the seed and the budget
+    (:func:`run_one` adds the snapshots of the 0% runs); ``s.overrides`` come last."""
     m = METHODS[method]
-    cfg = real_config(m.loss, s.seed, [*m.overrides, *s.overrides])
+    cfg = real_config(m.loss, s.seed, [*BENCH_RECIPE, *m.overrides, *s.overrides])
     cfg = budget_config(cfg, s.steps)
     cfg.data.root = root_manifest.resolve()
     return cfg
