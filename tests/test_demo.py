@@ -144,7 +144,7 @@ def test_overall_progress_counts_planned_seconds():
 # -- end to end ----------------------------------------------------------------------------
 
 TINY = {
-    "steps": 6, "train_positive": 4, "train_negative": 4, "test_positive": 2,
+    "steps": 3, "train_positive": 4, "train_negative": 4, "test_positive": 2,
     "test_negative": 2, "image_size": 384, "folds": 2, "slide_width": 1536,
     "slide_height": 1024, "tile": 384, "overlays": 2, "recipe": "light",
 }  # fmt: skip
@@ -190,7 +190,7 @@ def test_tiny_demo_writes_every_stage(tiny):
         assert (out / ref).is_file(), ref
     assert (out / "overlays" / "ap-1.png").is_file() and (out / "overlays" / "np-1.png").is_file()
     doc = json.loads((out / "demo.json").read_text())
-    assert doc["steps"] == 6
+    assert doc["steps"] == 3
     # the precision and the CPU it ran with are recorded, in demo.json and each checkpoint
     native, _ = bf16_native(torch.device(doc["machine"]["device"]))
     assert doc["precision"] == ("bf16" if native else "fp32")
@@ -250,7 +250,7 @@ def test_changed_settings_retrain_instead_of_resuming(tiny, tmp_path):
                       progress=False)  # fmt: skip
     for k in LOSSES:
         assert not result["training"][k]["resumed"]
-        assert result["training"][k]["steps"] > 6
+        assert result["training"][k]["steps"] > 3
 
 
 def test_cli_demo_refuses_a_bad_budget(tmp_path):

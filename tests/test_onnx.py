@@ -8,6 +8,8 @@ tolerance (float32 reassociation in ONNX Runtime's kernels: 1e-4 on logits).
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +60,27 @@ def exported(checkpoint, tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def export_calls(exported, checkpoint, monkeypatch) -> list[int]:
+    """``export_onnx`` of the module's checkpoint served from the file ``exported`` wrote.
+
+    The export itself (about 20 s of ``torch.export`` on this CPU) is what ``exported``
+    tests, through the CLI, on the same checkpoint; the tests using this fixture test what
+    is built around it. Returns the traced tile size of each call."""
+    import pathodet.model.onnx as onnx_module
+
+    calls: list[int] = []
+
+    def from_the_fixture(model, path, train_config, tile=512) -> Path:  # noqa: ANN001
+        assert train_config["model"] == json.loads(checkpoint[2].model_dump_json())["model"]
+        calls.append(tile)
+        shutil.copyfile(exported, path)
+        return Path(path)
+
+    monkeypatch.setattr(onnx_module, "export_onnx", from_the_fixture)
+    return calls
+
+
 def test_feature_sizes_are_those_of_the_network(checkpoint):
     _, model, _ = checkpoint
     for h, w in [(256, 256), (320, 192), (100, 70)]:
@@ -106,16 +129,28 @@ def test_predict_with_onnxruntime_matches_torch(exported, checkpoint, tmp_path):
     assert abs(len(a.boxes) - len(b.boxes)) <= max(1, len(a.boxes) // 100)
 
 
-def test_a_checkpoint_runs_through_onnxruntime_exported_on_the_fly(checkpoint, tmp_path):
+def test_a_checkpoint_runs_through_onnxruntime_exported_on_the_fly(
+    checkpoint, exported, export_calls, tmp_path
+):
+    """A .pt with ``--engine onnxruntime`` is exported once, at the training tile size, kept
+    in ``out/.onnx/`` for a rerun, and gives the detections of the .onnx file itself."""
     rgb = synthesize_image(np.random.default_rng(6), 300, 300, "NP").rgb
     Image.fromarray(rgb).save(tmp_path / "a.png")
     config = PredictConfig(engine="onnxruntime", precision="fp32", score_threshold=0.3)
     out = tmp_path / "out"
     summary = predict(config, checkpoint[0], [tmp_path / "a.png"], out)
     assert summary["images"]["images"] == 1
+    assert export_calls == [256]  # data.tiling.tile_size of the checkpoint
     assert len(list((out / ".onnx").glob("*.onnx"))) == 1  # kept for a rerun
     state = json.loads((out / "predict.json").read_text())
     assert state["settings"]["predict"]["engine"] == "onnxruntime"
+    (out / "predict.json").unlink()  # the image runs again; the export is reused
+    predict(config, checkpoint[0], [tmp_path / "a.png"], out)
+    assert export_calls == [256]
+    predict(config, exported, [tmp_path / "a.png"], tmp_path / "direct")
+    rows = (out / "predictions.csv").read_text()
+    assert rows == (tmp_path / "direct" / "predictions.csv").read_text()
+    assert len(rows.splitlines()) > 1  # a header and detections (the weights are spread)
 
 
 def test_int8_copy_keeps_the_metadata_and_follows_fp32(exported, tmp_path):
@@ -150,7 +185,7 @@ def test_a_file_that_is_no_pathodet_onnx_is_refused_by_name(tmp_path):
         predict(PredictConfig(engine="torch"), bad, [tmp_path / "a.png"], tmp_path / "out")
 
 
-def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, tmp_path):
+def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, export_calls, tmp_path):
     """`pathodet bench slide` with torch fp32 and ONNX Runtime fp32 on a small synthetic slide:
     one row per engine, the same detections (the parity tested above, through the slide
     pipeline), and minutes per cm² equal to wall time over the tissue area it reports."""
@@ -171,6 +206,8 @@ def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, tmp_pa
         ("broken.svs", "torch-fp32"),
         ("broken.svs", "onnxruntime-fp32"),
     ]
+    assert all("broken.svs: cannot open" in f["error"] for f in result["failed"])
+    assert export_calls == [256]  # one export serves every slide
     rows = {r["engine"]: r for r in result["rows"]}
     assert sorted(rows) == ["onnxruntime-fp32", "torch-fp32"]
     for r in rows.values():

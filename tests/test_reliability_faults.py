@@ -358,10 +358,10 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(where, tmp_path, m
 def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
     """The second write of a ``last.pt`` finds the disk full: half of it written, then
     ENOSPC (``half_written``), or ENOSPC at once."""
-    real_write = checkpoint_mod.atomic_write_bytes
+    real_write = checkpoint_mod.atomic_write
     calls = {"last": 0}
 
-    def write(path, data_: bytes):
+    def write(path, write_to):
         if Path(path).name == "last.pt":
             calls["last"] += 1
             if calls["last"] == 2:
@@ -369,10 +369,10 @@ def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
                     raise OSError(errno.ENOSPC, "No space left on device")
                 with pytest.MonkeyPatch.context() as mp:
                     fill_disk(mp, "write")
-                    return real_write(path, data_)
-        return real_write(path, data_)
+                    return real_write(path, write_to)
+        return real_write(path, write_to)
 
-    monkeypatch.setattr(checkpoint_mod, "atomic_write_bytes", write)
+    monkeypatch.setattr(checkpoint_mod, "atomic_write", write)
 
 
 def test_full_disk_during_training_stops_the_run_and_resume_matches(data, tmp_path, monkeypatch):

@@ -222,6 +222,7 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
     and ``.md`` into ``out``."""
     from pathodet.core.machine import machine_line, machine_record
     from pathodet.data.synth.slide import write_synthetic_slide
+    from pathodet.predict.reader import Slide, SlideError
 
     machine = machine_record()
     log(f"machine: {machine_line(machine)}")
@@ -237,6 +238,12 @@ def run_bench(out: Path, sizes: list[tuple[int, int, float]], checkpoint: Path |
             todo.append(slide)
         failed = []
         for slide in todo:
+            try:  # an unreadable slide fails here, once, not in a child per engine
+                Slide(slide).close()
+            except SlideError as exc:
+                log(f"failed: {exc}")
+                failed += [{"slide": slide.name, "engine": e, "error": str(exc)} for e in models]
+                continue
             for engine, model_path in models.items():
                 try:
                     row = _child(slide, engine, model_path, batch_size, workers)

@@ -30,7 +30,6 @@ over the target, so a run killed at any moment leaves either the old or the new 
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -39,7 +38,7 @@ from typing import Any
 
 import torch
 
-from pathodet.core.io import atomic_write_bytes
+from pathodet.core.io import atomic_write
 
 CHECKPOINT_FORMAT = "pathodet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -80,10 +79,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
             message names ``path``; a checkpoint already at ``path`` is left as it was.
     """
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
-    try:
-        return atomic_write_bytes(path, buf.getvalue())
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    try:  # streamed into the file: no second copy of the weights in memory
+        return atomic_write(path, lambda f: torch.save(state, f))
     except OSError as exc:
         kept = "the previous one is kept" if path.is_file() else "nothing was written"
         raise OSError(
