@@ -72,7 +72,9 @@ def export_calls(exported, checkpoint, monkeypatch) -> list[int]:
     calls: list[int] = []
 
     def from_the_fixture(model, path, train_config, tile=512) -> Path:  # noqa: ANN001
-        assert train_config["model"] == json.loads(checkpoint[2].model_dump_json())["model"]
+        assert train_config == json.loads(checkpoint[2].model_dump_json())  # what it exports
+        want = checkpoint[1].state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
         calls.append(tile)
         shutil.copyfile(exported, path)
         return Path(path)

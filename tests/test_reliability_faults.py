@@ -295,13 +295,18 @@ def test_training_seconds_add_up_over_a_resume(data, tmp_path):
 
 
 class FullDisk:
-    """A file object that takes half of what it is given and then reports ENOSPC."""
+    """A file object that takes half of the first write of at least ``from_bytes`` bytes
+    and then reports ENOSPC (smaller writes before it go through)."""
 
-    def __init__(self, f) -> None:
-        self.f, self.written = f, 0
+    def __init__(self, f, from_bytes: int = 0) -> None:
+        self.f, self.written, self.from_bytes = f, 0, from_bytes
 
     def write(self, data: bytes) -> int:
-        self.written = self.f.write(data[: len(data) // 2])
+        if len(data) < self.from_bytes:
+            n = self.f.write(data)
+            self.written += n
+            return n
+        self.written += self.f.write(data[: len(data) // 2])
         self.f.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -316,13 +321,16 @@ class FullDisk:
 
 
 def fill_disk(monkeypatch: pytest.MonkeyPatch, where: str) -> list[FullDisk]:
-    """Make the next atomic write fail with ENOSPC in ``write`` (half written) or ``fsync``."""
+    """Make the next atomic write fail with ENOSPC: in its first ``write`` (half written),
+    in the first write of a tensor's bytes (``"tensor"``: a checkpoint's header and record
+    name already written, the failure inside a record), or in ``fsync``."""
     opened: list[FullDisk] = []
     real_fdopen = os.fdopen
-    if where == "write":
+    if where in ("write", "tensor"):
+        from_bytes = 1024 if where == "tensor" else 0
 
         def fdopen(fd: int, *args, **kwargs):
-            opened.append(FullDisk(real_fdopen(fd, *args, **kwargs)))
+            opened.append(FullDisk(real_fdopen(fd, *args, **kwargs), from_bytes))
             return opened[-1]
 
         monkeypatch.setattr(os, "fdopen", fdopen)
@@ -335,7 +343,7 @@ def fill_disk(monkeypatch: pytest.MonkeyPatch, where: str) -> list[FullDisk]:
     return opened
 
 
-@pytest.mark.parametrize("where", ["write", "fsync"])
+@pytest.mark.parametrize("where", ["write", "tensor", "fsync"])
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(where, tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     old = {"model": {"w": torch.arange(4096.0)}, "step": 1}
@@ -347,8 +355,10 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(where, tmp_path, m
     monkeypatch.undo()
     assert exc.value.errno == errno.ENOSPC
     assert str(path) in str(exc.value) and "previous one is kept" in str(exc.value)
-    if where == "write":
+    if where != "fsync":
         assert opened and opened[0].written > 0, "the failure came partway through the file"
+    if where == "tensor":
+        assert opened[0].written > 4096 * 4 // 2, "and partway through the tensor's bytes"
     assert path.read_bytes() == before
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], old["model"]["w"])
@@ -356,8 +366,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(where, tmp_path, m
 
 
 def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
-    """The second write of a ``last.pt`` finds the disk full: half of it written, then
-    ENOSPC (``half_written``), or ENOSPC at once."""
+    """The second write of a ``last.pt`` finds the disk full: its header and first record
+    name written, then half of a tensor and ENOSPC (``half_written``), or ENOSPC at once."""
     real_write = checkpoint_mod.atomic_write
     calls = {"last": 0}
 
@@ -368,7 +378,7 @@ def disk_full_at_second_last_pt(monkeypatch, half_written: bool) -> None:
                 if not half_written:
                     raise OSError(errno.ENOSPC, "No space left on device")
                 with pytest.MonkeyPatch.context() as mp:
-                    fill_disk(mp, "write")
+                    fill_disk(mp, "tensor")
                     return real_write(path, write_to)
         return real_write(path, write_to)
 

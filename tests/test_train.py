@@ -210,7 +210,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     before = load_checkpoint(killed / "last.pt")
-    assert 1 <= before["step"] < 6, "the kill should land mid-run"
+    assert before["step"] in (1, 2), "the kill should land mid-epoch (epoch 1: steps 1-3)"
 
     subprocess.run(_cli("train", "--resume", str(killed), "--quiet"), env=env, check=True,
                    capture_output=True)  # fmt: skip

@@ -1,9 +1,9 @@
 """Small file helpers shared by every writer: atomic writes and hard links.
 
-Every output pathodet writes goes through :func:`atomic_write_bytes` (or its text
-and image wrappers) so that a killed run never leaves a half-written file behind:
-the content goes to a temporary file in the same folder, is flushed to disk, and
-is renamed over the target in one step.
+Every output pathodet writes goes through :func:`atomic_write` (streamed, as checkpoints
+are) or :func:`atomic_write_bytes` and its text and image wrappers, so that a killed run
+never leaves a half-written file behind: the content goes to a temporary file in the same
+folder, is flushed to disk, and is renamed over the target in one step.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def remove_stale_temps(folder: Path, patterns: Iterable[str]) -> int:
     """Delete the temporary files a writer killed mid-write left (``.NAME.*.tmp``, from
-    :func:`atomic_write_bytes`): every match of the glob ``patterns`` under ``folder``.
+    :func:`atomic_write`): every match of the glob ``patterns`` under ``folder``.
     Returns how many were removed."""
     removed = 0
     for pattern in patterns:

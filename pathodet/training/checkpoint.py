@@ -34,7 +34,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -71,6 +71,39 @@ def _load_problem(exc: Exception) -> str:
     return f"not a loadable checkpoint ({type(exc).__name__}: {first})"
 
 
+class _WriteErrors:
+    """The file ``f`` as torch.save sees it, keeping the first ``OSError`` of its writes."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(state: dict[str, Any], f: BinaryIO) -> None:
+    """``torch.save(state, f)``, raising the write's ``OSError`` when a write failed.
+
+    torch's zip writer finishes the archive in its cleanup even after a failed write; when
+    the failure came inside a record, that cleanup raises a ``RuntimeError`` ("unexpected
+    pos") which would replace the ``OSError`` (a full disk) that caused it.
+    """
+    out = _WriteErrors(f)
+    try:
+        torch.save(state, out)
+    except Exception:
+        if out.error is not None:
+            raise out.error from None
+        raise
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write ``state`` (plus format and version) atomically to ``path``.
 
@@ -81,7 +114,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     path = Path(path)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     try:  # streamed into the file: no second copy of the weights in memory
-        return atomic_write(path, lambda f: torch.save(state, f))
+        return atomic_write(path, lambda f: _torch_save(state, f))
     except OSError as exc:
         kept = "the previous one is kept" if path.is_file() else "nothing was written"
         raise OSError(
