@@ -7,6 +7,7 @@ from the recipe's numbers and from the annotations themselves.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from pathodet.bench.losses_real import (
     RealLossBenchSettings,
+    add_in_size,
     budget_config,
     collect,
     fold_dir,
@@ -116,6 +118,23 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         zero["train"]["kept_boxes"] == half["train"]["kept_boxes"] + half["train"]["removed_boxes"]
     )
 
+    # in size: the held-out figures without boxes longer than the largest trained-on box
+    for r in results:
+        manifest = fold_manifest(tmp_path, tmp_path / "folds.csv", r["rate"], 0)
+        trained = [b for m in read_manifest(manifest) if m.fold != 0 and m.attribute == "AP"
+                   for b in read_voc(m.annotation).boxes]  # fmt: skip
+        side = max(max(b[2] - b[0], b[3] - b[1]) for b in trained)
+        sized = r["test_in_size"]
+        assert sized["max_side"] == pytest.approx(side)
+        assert 0 <= sized["left_out"] <= 1 and sized["froc"] is not None
+    assert half["test_in_size"]["max_side"] <= zero["test_in_size"]["max_side"]  # fewer boxes
+    first = fold_dir(tmp_path, 4, 0.0, "dghm", 0) / "result.json"  # a run made before it
+    before = json.loads(first.read_text())
+    first.write_text(json.dumps({k: v for k, v in before.items() if k != "test_in_size"}))
+    assert add_in_size(tmp_path, log=lambda _: None) == 1
+    assert json.loads(first.read_text()) == before
+    assert add_in_size(tmp_path, log=lambda _: None) == 0
+
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
     again = run_real_losses(root, tmp_path, s, log=lambda _: None)
     assert again == results
@@ -130,6 +149,10 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     md = write_real_report(collect(tmp_path), 4, ["dghm"], [0.0, 0.5], tmp_path / "docs", "cmd")
     text = md.read_text()
     assert "## Table 3 analogue" in text and "| DGHM-C | " in text and "50%" in text
+    assert (
+        f"| 0% | DGHM-C | {zero['test']['froc']:.3f} (1) | {zero['test_in_size']['froc']:.3f}"
+        in text
+    )
     (tmp_path / "docs" / "losses-real.md").write_text(
         text.replace("# Which", "# Reading\n\nkept\n\n# Which")
     )

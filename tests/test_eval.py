@@ -256,3 +256,38 @@ def test_cross_validation_mean_and_sample_std(tmp_path):
     assert s["recall"]["std"] == pytest.approx(0.2)  # sqrt(((.2)^2 + 0 + (.2)^2) / 2)
     assert s["froc"]["mean"] == pytest.approx(0.5) and s["froc"]["std"] == pytest.approx(0.1)
     assert "r_recall" not in s
+
+
+def test_max_side_leaves_out_boxes_larger_than_any_src(make_root, tmp_path):
+    """Two SRCs (50 x 50 and 20 x 30 px) on the AP image, the first hit at 0.90; the NP
+    image has two 300-px false positives above it (0.96, 0.95) and a 40-px one below
+    (0.50). FROC points 1-32 FPs per NP image (1 NP image): with every box, 2 FPs come
+    before the hit, so recall is 0 at 1 FP and 1/2 from 2 on: FROC 5/12. Without boxes
+    longer than 60 px the hit comes first: FROC 1/2. A box exactly 60 px long stays."""
+    from typer.testing import CliRunner
+
+    from pathodet.cli import app
+    from pathodet.eval.evaluate import largest_annotated_side, run_evaluate
+
+    root = make_root(pos={"ap": (400, 400, [(100, 100, 150, 150), (10, 10, 30, 40)])},
+                     neg={"np": (400, 400, None)})  # fmt: skip
+    assert largest_annotated_side(root) == 50.0
+    preds = {"ap.jpeg": P([100, 100, 150, 150, 0.90], [200, 200, 260, 230, 0.20]),
+             "np.jpeg": P([0, 0, 300, 300, 0.96], [50, 50, 350, 120, 0.95],
+                          [10, 10, 50, 50, 0.50])}  # fmt: skip
+    (tmp_path / "p.csv").write_text(predictions_csv(preds))
+    every = run_evaluate(root, tmp_path / "p.csv", tmp_path / "every", plot=False)
+    assert every["froc"] == pytest.approx(5 / 12) and "oversized_predictions" not in every
+    sized = run_evaluate(root, tmp_path / "p.csv", tmp_path / "sized", plot=False, max_side=60)
+    assert sized["froc"] == pytest.approx(1 / 2)
+    assert sized["oversized_predictions"] == 2 and sized["num_predictions"] == 3
+    with pytest.raises(ValueError, match="max_side"):
+        run_evaluate(root, tmp_path / "p.csv", tmp_path / "bad", plot=False, max_side=0)
+    res = CliRunner().invoke(app, ["evaluate", "--data", str(root), "--predictions",
+                                   str(tmp_path / "p.csv"), "--out", str(tmp_path / "cli"),
+                                   "--max-side", "60"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["oversized_predictions"] == 2
+    empty = make_root(neg={"np": (400, 400, None)}, name="no-boxes")
+    with pytest.raises(ValueError, match="no-boxes: no annotated SRC box"):
+        largest_annotated_side(empty)

@@ -51,7 +51,7 @@ from pathodet.data.digestpath import DatasetError, read_manifest, scan_digestpat
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.demo.real import real_config
 from pathodet.eval.cv import make_folds, run_fold
-from pathodet.eval.evaluate import run_evaluate
+from pathodet.eval.evaluate import largest_annotated_side, run_evaluate
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
 from pathodet.training.config import Config, same_config
@@ -66,6 +66,7 @@ first 2400-step runs had gradient norms up to 875 (medians 3-14), validation los
 1432 and one DGHM-C run that collapsed to a grid of anchor-shaped boxes (held-out FROC 0):
 docs/benchmarks/losses-real.md, "Instability"."""
 HELD_OUT_KEYS = ("froc", "recall", "precision", "nfp")  # the challenge's held-out figures
+IN_SIZE = "test_in_size"  # the held-out figures without boxes larger than any trained SRC
 REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
 """The methods that need no first-round detector, teacher or unlabelled pool: the losses,
 soft sampling on every negative or on AP negatives only, cleanliness and co-mining."""
@@ -246,6 +247,40 @@ def train_recall(folder: Path, manifest: Path, rate: float, fold: int, out: Path
             "removed_boxes": m.get("num_removed", 0)}  # fmt: skip
 
 
+def in_size(folder: Path) -> dict:
+    """Held-out figures of a run's final predictions without the boxes larger than any SRC
+    it was trained on: a box whose longer side exceeds the largest annotated box of its
+    training AP images (``train-ap.csv``, the kept boxes at a drop rate) is left out.
+
+    The rule is fixed by the training annotations alone; it says how much of a run's
+    held-out FROC is lost to detections of a size no SRC has.
+    """
+    side = largest_annotated_side(folder / "train-ap.csv")
+    m = run_evaluate(folder / "held-out.csv", folder / "predictions" / "predictions.csv",
+                     folder / "eval-in-size", plot=False, max_side=side)  # fmt: skip
+    out = m["oversized_predictions"]
+    return {"max_side": side, "oversized": out,
+            "left_out": out / max(out + m["num_predictions"], 1),
+            "froc_points": m["froc_points"], **{k: m[k] for k in HELD_OUT_KEYS}}  # fmt: skip
+
+
+def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
+    """Add :func:`in_size` to every finished run under ``out`` made before it existed
+    (``result.json`` rewritten atomically); returns how many were added."""
+    added = 0
+    for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
+        result = json.loads(path.read_text())
+        if IN_SIZE in result:
+            continue
+        if not (path.parent / "predictions" / "predictions.csv").is_file():
+            log(f"{path.parent}: no predictions kept, no in-size figures")
+            continue
+        result[IN_SIZE] = in_size(path.parent)
+        atomic_write_text(path, json.dumps(result, indent=1))
+        added += 1
+    return added
+
+
 def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, rate: float,
             fold: int, method: str, log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Train (or resume), predict and evaluate one run unless its result is there."""
@@ -276,7 +311,8 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "steps": record["steps"], "train_minutes": record["train_minutes"],
         "minutes": (time.perf_counter() - t0) / 60,
         "test": {k: record.get(k) for k in (*HELD_OUT_KEYS, "froc_points", "num_gt")},
-        "train": train, "curve": points, "machine": record.get("machine"),
+        "train": train, IN_SIZE: in_size(folder), "curve": points,
+        "machine": record.get("machine"),
         "commit": git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))

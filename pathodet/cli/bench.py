@@ -127,7 +127,12 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
                        folds: str | None, seeds: str | None, curve_every: int | None,
                        report_only: bool) -> None:  # fmt: skip
     """``bench losses --data``: :mod:`pathodet.bench.losses_real`."""
-    from pathodet.bench.losses_real import RealLossBenchSettings, collect, run_real_losses
+    from pathodet.bench.losses_real import (
+        RealLossBenchSettings,
+        add_in_size,
+        collect,
+        run_real_losses,
+    )
     from pathodet.bench.losses_real_report import write_real_report
 
     changes = _run_changes(methods, steps, overrides)
@@ -157,6 +162,7 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
             raise FileNotFoundError(f"--data {data}: no such folder")
         if not report_only:
             run_real_losses(data, out, settings, log=lambda m: typer.echo(m, err=True))
+        add_in_size(out, log=lambda m: typer.echo(m, err=True))  # runs made before it existed
         md = write_real_report(collect(out, settings), settings.steps, settings.methods,
                                settings.drop_rates, docs or Path("docs/benchmarks"), command)  # fmt: skip
     typer.echo(f"report: {md}")

@@ -195,6 +195,14 @@ def evaluate_cmd(
             "ring_cell_cancer); objects of other classes are skipped and counted.",
         ),
     ] = None,
+    max_side: Annotated[
+        float | None,
+        typer.Option(
+            help="Leave out predictions whose longer side exceeds this many pixels (of the "
+            "image), e.g. the largest SRC box of the training annotations; counted in "
+            "metrics.json's oversized_predictions."
+        ),
+    ] = None,
 ) -> None:
     """Challenge metrics (recall, NFP, FROC) plus T/R-recall and true recall/precision.
 
@@ -224,7 +232,7 @@ def evaluate_cmd(
             predictions = out / "predictions" / "predictions.csv"
         rules = AnnotationRules(src_names=tuple(src_name)) if src_name else None
         metrics = run_evaluate(data, predictions, out, removed, full_annotations, iou,
-                               rules=rules)  # fmt: skip
+                               rules=rules, max_side=max_side)  # fmt: skip
     if metrics["problems"]:
         typer.echo(f"pathodet evaluate: {len(metrics['problems'])} problem(s), each with its "
                    f"file in {out / 'metrics.json'}", err=True)  # fmt: skip
