@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers, one per core, each file's tests in one worker (its module
+# fixtures built once); tests/conftest.py gives each worker one torch thread.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 demo: install
 	$(BIN)/pathodet demo --out demo-output

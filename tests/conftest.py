@@ -7,6 +7,7 @@ generator), so the reader is checked against files written independently of it.
 from __future__ import annotations
 
 import io
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in two pytest-xdist workers, one per core. Each computes on
+    # one thread, always (set before torch is imported): a test that compares two
+    # in-process trainings bit for bit must see the same thread count in both, and
+    # pathodet's core sharing (machine.share_cores) would switch between one and two
+    # threads as the other worker starts and stops computing.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A real DigestPath name: slide id, scan date and time (with a space), level-0 x, y, w, h.
 REAL_STEM = "2018_64982_1-3_2019-02-25 21_57_36-lv0-33516-59515-2003-2010"
