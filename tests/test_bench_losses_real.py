@@ -160,6 +160,16 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     again_text = md.read_text()  # the written part is kept, the generated block replaced
     assert "kept" in again_text and "`cmd2`" in again_text and "`cmd`" not in again_text
 
+    gone = fold_dir(tmp_path, 4, 0.5, "dghm", 0)  # a run whose files were deleted
+    kept = json.loads((gone / "result.json").read_text())
+    del kept["test_in_size"]
+    (gone / "result.json").write_text(json.dumps(kept))
+    (gone / "train-ap.csv").unlink()
+    said = []
+    assert add_in_size(tmp_path, log=said.append) == 0  # logged, the others untouched
+    assert len(said) == 1 and str(gone) in said[0] and "train-ap.csv" in said[0]
+    assert "test_in_size" not in json.loads((gone / "result.json").read_text())
+
 
 def test_paired_gap_and_its_two_standard_error_mark():
     a = {0: 0.30, 1: 0.50, 2: 0.40}

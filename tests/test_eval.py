@@ -281,6 +281,8 @@ def test_max_side_leaves_out_boxes_larger_than_any_src(make_root, tmp_path):
     sized = run_evaluate(root, tmp_path / "p.csv", tmp_path / "sized", plot=False, max_side=60)
     assert sized["froc"] == pytest.approx(1 / 2)
     assert sized["oversized_predictions"] == 2 and sized["num_predictions"] == 3
+    assert "Not the challenge's score" in (tmp_path / "sized" / "report.md").read_text()
+    assert "Not the challenge's score" not in (tmp_path / "every" / "report.md").read_text()
     with pytest.raises(ValueError, match="max_side"):
         run_evaluate(root, tmp_path / "p.csv", tmp_path / "bad", plot=False, max_side=0)
     res = CliRunner().invoke(app, ["evaluate", "--data", str(root), "--predictions",
@@ -291,3 +293,6 @@ def test_max_side_leaves_out_boxes_larger_than_any_src(make_root, tmp_path):
     empty = make_root(neg={"np": (400, 400, None)}, name="no-boxes")
     with pytest.raises(ValueError, match="no-boxes: no annotated SRC box"):
         largest_annotated_side(empty)
+    (root / "sig-train-pos" / "ap.xml").write_text("<annotation><object>")  # cut short
+    with pytest.raises(ValueError, match=r"could not be read.*ap\.xml"):
+        largest_annotated_side(root)  # not the largest of what could be read

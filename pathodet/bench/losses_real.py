@@ -266,16 +266,19 @@ def in_size(folder: Path) -> dict:
 
 def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
     """Add :func:`in_size` to every finished run under ``out`` made before it existed
-    (``result.json`` rewritten atomically); returns how many were added."""
+    (``result.json`` rewritten atomically); returns how many were added. A run whose files
+    are gone (its predictions, ``train-ap.csv``, or the images they name) is logged and
+    left without them."""
     added = 0
     for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
         result = json.loads(path.read_text())
         if IN_SIZE in result:
             continue
-        if not (path.parent / "predictions" / "predictions.csv").is_file():
-            log(f"{path.parent}: no predictions kept, no in-size figures")
+        try:
+            result[IN_SIZE] = in_size(path.parent)
+        except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
+            log(f"{path.parent}: no in-size figures ({exc})")
             continue
-        result[IN_SIZE] = in_size(path.parent)
         atomic_write_text(path, json.dumps(result, indent=1))
         added += 1
     return added

@@ -130,9 +130,10 @@ def in_size_md(
 ) -> list[str]:
     """Held-out FROC with and without the boxes larger than any SRC a run was trained on
     (:func:`pathodet.bench.losses_real.in_size`), per rate and method."""
-    lines = ["| drop | method | held-out FROC | FROC within the trained size | gap to DGHM-C | "
-             "recall at 1 FP per NP image, within size | largest trained box, px | "
-             "share of boxes left out |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| drop | method | held-out FROC | FROC within the trained size | gap to DGHM-C, "
+             "within size | recall at 1 FP per NP image, within size | largest trained box, "
+             "px | share of predicted boxes left out |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for rate in rates:
         ref = _values(results, rate, REFERENCE, "test_in_size.froc")
         for m in methods:

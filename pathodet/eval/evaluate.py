@@ -88,9 +88,14 @@ def largest_annotated_side(
     ``data`` (a DigestPath root or manifest).
 
     Raises:
-        ValueError: ``data`` has no annotated box.
+        ValueError: ``data`` has no annotated box, or an image or annotation file in it
+            could not be read (the limit would be taken from the rest), naming the files.
     """
     gt = load_annotations(data, rules=rules)
+    if gt.problems:
+        named = "; ".join(f"{p.file}: {p.error}" for p in gt.problems[:3])
+        raise ValueError(f"{data}: {len(gt.problems)} file(s) could not be read, so the "
+                         f"largest annotated box is unknown ({named})")  # fmt: skip
     sides = [float(np.max(np.maximum(b.boxes[:, 2] - b.boxes[:, 0], b.boxes[:, 3] - b.boxes[:, 1])))
              for b in gt.annotated.values() if len(b.boxes)]  # fmt: skip
     if not sides:

@@ -57,11 +57,16 @@ def _fmt(v) -> str:
 
 def report_md(metrics: dict, per_image: Sequence[dict], source: str, worst: int = 10) -> str:
     """The evaluation report: headline numbers, FROC points, plot, the worst images."""
-    lines = [f"# Evaluation: {source}", "", "![FROC](froc.png)", "", "| metric | value |",
-             "|---|---|"]  # fmt: skip
+    lines = [f"# Evaluation: {source}", ""]
+    if metrics.get("max_side") is not None:
+        lines += [f"Not the challenge's score: predicted boxes longer than "
+                  f"{metrics['max_side']:g} px ({metrics['oversized_predictions']}) were left "
+                  "out before scoring (--max-side).", ""]  # fmt: skip
+    lines += ["![FROC](froc.png)", "", "| metric | value |", "|---|---|"]
     for k in ("recall", "precision", "precision_ok", "nfp", "nfp_score", "froc", "t_recall",
               "r_recall", "true_recall", "true_precision", "num_gt", "num_positive_images",
-              "num_negative_images", "num_predictions", "iou_threshold"):  # fmt: skip
+              "num_negative_images", "num_predictions", "iou_threshold", "max_side",
+              "oversized_predictions"):  # fmt: skip
         if k in metrics:
             lines.append(f"| {k} | {_fmt(metrics[k])} |")
     if metrics.get("froc_points"):
