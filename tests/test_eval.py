@@ -290,6 +290,9 @@ def test_max_side_leaves_out_boxes_larger_than_any_src(make_root, tmp_path):
                                    "--max-side", "60"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["oversized_predictions"] == 2
+    res = CliRunner().invoke(app, ["evaluate", "--cv", str(tmp_path / "cli"), "--out",
+                                   str(tmp_path / "cv"), "--max-side", "60"])  # fmt: skip
+    assert res.exit_code == 2 and "--max-side" in res.output and not (tmp_path / "cv").exists()
     empty = make_root(neg={"np": (400, 400, None)}, name="no-boxes")
     with pytest.raises(ValueError, match="no-boxes: no annotated SRC box"):
         largest_annotated_side(empty)

@@ -218,6 +218,8 @@ def evaluate_cmd(
         fail(f"--precision must be auto, fp32 or bf16, got {precision!r}")
     with user_errors():
         if cv:
+            if max_side is not None:
+                fail("--max-side applies when scoring predictions, not to --cv aggregation")
             typer.echo(json.dumps(write_cross_validation(cv, out)))
             return
         if data is None or (predictions is None) == (checkpoint is None):

@@ -42,6 +42,11 @@ def overhang_allowance(side: np.ndarray | float) -> np.ndarray:
     return np.maximum(OVERHANG_PX, OVERHANG_FRACTION * np.asarray(side, np.float64))
 
 
+def longer_side(boxes: np.ndarray) -> np.ndarray:
+    """``(N,)`` the longer side, pixels, of each ``(N, 4)`` ``x1, y1, x2, y2`` box."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 @dataclass
 class Fit:
     """Boxes fitted to their image by :func:`fit_to_image`, one row per input box.

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
+from pathodet.data.boxes import longer_side
 from pathodet.data.predictions import ImagePredictions, fit_predictions, read_predictions
 from pathodet.data.voc import AnnotationRules
 from pathodet.eval.annotations import load_annotations
@@ -73,8 +72,7 @@ def drop_oversized(
     many were left out."""
     kept, dropped = {}, 0
     for name, p in preds.items():
-        side = np.maximum(p.boxes[:, 2] - p.boxes[:, 0], p.boxes[:, 3] - p.boxes[:, 1])
-        ok = side <= max_side
+        ok = longer_side(p.boxes) <= max_side
         dropped += int((~ok).sum())
         kept[name] = ImagePredictions(p.boxes[ok], p.scores[ok],
                                       None if p.lines is None else p.lines[ok])  # fmt: skip
@@ -96,8 +94,7 @@ def largest_annotated_side(
         named = "; ".join(f"{p.file}: {p.error}" for p in gt.problems[:3])
         raise ValueError(f"{data}: {len(gt.problems)} file(s) could not be read, so the "
                          f"largest annotated box is unknown ({named})")  # fmt: skip
-    sides = [float(np.max(np.maximum(b.boxes[:, 2] - b.boxes[:, 0], b.boxes[:, 3] - b.boxes[:, 1])))
-             for b in gt.annotated.values() if len(b.boxes)]  # fmt: skip
+    sides = [float(longer_side(b.boxes).max()) for b in gt.annotated.values() if len(b.boxes)]
     if not sides:
         raise ValueError(f"{data}: no annotated SRC box to take a size from")
     return max(sides)
