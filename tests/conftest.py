@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +25,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # pathodet's core sharing (machine.share_cores) would switch between one and two
     # threads as the other worker starts and stops computing.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The most the suite had in its temporary directory at once: 2.6 GB, sampled every 2 s over a
+# `make test` on 2026-11-30 (passed tests' directories are removed as they end; pyproject.toml).
+TMP_NEEDED_GB = 4.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to start, in one line, when the temporary directory cannot hold the suite's files.
+
+    Without this a full disk shows up as dozens of unrelated errors (a torch zip writer's
+    "unexpected pos", pytest's "could not create numbered dir"), as it did in one CI run.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller has checked
+    base = session.config.option.basetemp or tempfile.gettempdir()
+    probe = Path(base)
+    while not probe.exists():
+        probe = probe.parent
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    if free_gb < TMP_NEEDED_GB:
+        raise pytest.UsageError(
+            f"{probe}: {free_gb:.1f} GB free, and the tests write up to {TMP_NEEDED_GB:.0f} GB "
+            "of checkpoints there at once; free some space or set TMPDIR to a larger disk"
+        )
+
 
 # A real DigestPath name: slide id, scan date and time (with a space), level-0 x, y, w, h.
 REAL_STEM = "2018_64982_1-3_2019-02-25 21_57_36-lv0-33516-59515-2003-2010"
