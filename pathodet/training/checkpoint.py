@@ -172,3 +172,18 @@ def load_detector(path: str | os.PathLike[str]):
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit its config: {exc}") from None
     return model.eval(), cfg
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Load the detector weights of a pathodet checkpoint into ``model`` (fine-tuning).
+
+    Raises:
+        CheckpointError: the file is not a loadable checkpoint.
+        ValueError: its detector has another shape (e.g. another ``model.fpn_channels``).
+    """
+    state = load_checkpoint(path)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(f"{path}: model.init holds another detector: {first[0].strip()}") from None

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,13 +48,12 @@ from pathodet.core.machine import (
 )
 from pathodet.core.progress import Bars
 from pathodet.data.augment import ColourView, TileAugment
-from pathodet.data.predictions import ImagePredictions
 from pathodet.data.sampler import APNPBatchSampler
 from pathodet.losses.criterion import Criterion, Targets
 from pathodet.model import build_retinanet
-from pathodet.model.retinanet import SRCRetinaNet, postprocess, resolve_norm
-from pathodet.training.batch import collate, collate_pseudo
-from pathodet.training.checkpoint import load_checkpoint, save_checkpoint
+from pathodet.model.retinanet import SRCRetinaNet, resolve_norm
+from pathodet.training.batch import collate_pseudo
+from pathodet.training.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from pathodet.training.comining import (
     MINING_KEYS,
     collate_views,
@@ -76,34 +74,16 @@ from pathodet.training.run_dir import (
     save_run_config,
     snapshot_name,
 )
+from pathodet.training.validate import ValMetrics, validate
 
-ValMetrics = Callable[[dict[str, ImagePredictions], dict[str, tuple[str, np.ndarray]]], dict]
 OnStep = Callable[[int, int, float], None]
 """Called on rank 0 after every optimiser step with ``(step, total_steps, loss)``: steps
 count from 1 over the whole run; a resumed run's first call carries the step it resumed at
 plus one. The demo draws its own progress bar with it."""
-"""Scores validation detections: per tile predictions and ``(attribute, boxes)`` truth ->
-``{"froc": ..., "recall": ..., ...}`` (values may be None). ``pathodet train`` passes
-:func:`pathodet.eval.validation.tile_metrics`; the best checkpoint then maximises FROC."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
-
-
-def init_from_checkpoint(model: SRCRetinaNet, path: Path) -> None:
-    """Load the detector weights of a pathodet checkpoint into ``model`` (fine-tuning).
-
-    Raises:
-        CheckpointError: the file is not a loadable checkpoint.
-        ValueError: its detector has another shape (e.g. another ``model.fpn_channels``).
-    """
-    state = load_checkpoint(path)["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1:2] or [str(exc)]
-        raise ValueError(f"{path}: model.init holds another detector: {first[0].strip()}") from None
 
 
 class RunExists(ValueError):
@@ -309,41 +289,16 @@ class Trainer:
             out.update(zip(keys, (reduce(summed) if reduce else summed).tolist(), strict=True))
         return out
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss over the fixed held-out batches (rank 0), and with ``val_metrics`` the
-        challenge metrics of the detections on those tiles."""
-        if not self.val_batches:
-            return {}
-        self.model.eval()
-        acc = self.criterion.ghm_acc_sum  # validation must not move the training statistics
+        """The epoch-end validation of :func:`~pathodet.training.validate.validate`, with a
+        criterion of its own: validation must not move GHM-C's training statistics."""
+        acc = self.criterion.ghm_acc_sum
         criterion = Criterion(self.cfg.loss, self.cfg.model.assign, None,
                               None if acc is None else acc.clone())  # fmt: skip
-        totals = {"loss": 0.0, "cls": 0.0, "reg": 0.0}
-        preds: dict[str, ImagePredictions] = {}
-        truth: dict[str, tuple[str, np.ndarray]] = {}
-        for idx in self.val_batches:
-            images, boxes, is_ap = collate([self.data.val[i] for i in idx])
-            images = images.to(self.device)
-            prior = self.prior(images) if self.prior is not None else None
-            with autocast(self.precision, self.device):
-                outputs = self.model(images)
-            targets = Targets([b.to(self.device) for b in boxes], is_ap.to(self.device),
-                              prior_scores=prior)  # fmt: skip
-            losses = criterion(outputs, targets)
-            for k in totals:
-                totals[k] += float(losses[k]) / len(self.val_batches)
-            if self.val_metrics is not None:
-                dets = postprocess(outputs, self.cfg.model.inference)
-                for i, det, b, a in zip(idx, dets, boxes, is_ap.tolist(), strict=True):
-                    preds[f"tile{i}"] = ImagePredictions(
-                        det["boxes"].float().cpu().numpy(), det["scores"].float().cpu().numpy()
-                    )
-                    truth[f"tile{i}"] = ("AP" if a else "NP", b.numpy())
-        if self.val_metrics is not None:
-            extra = self.val_metrics(preds, truth)
-            totals.update({k: float(v) for k, v in extra.items() if v is not None})
-        return totals
+        return validate(
+            self.model, criterion, self.data.val, self.val_batches, self.cfg.model.inference,
+            self.device, self.precision, self.prior, self.val_metrics,
+        )  # fmt: skip
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict:
