@@ -39,15 +39,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller has checked
-    base = session.config.option.basetemp or tempfile.gettempdir()
+    base = (
+        session.config.option.basetemp
+        or os.environ.get("PYTEST_DEBUG_TEMPROOT")  # pytest uses it before the system temp
+        or tempfile.gettempdir()
+    )
     probe = Path(base)
     while not probe.exists():
         probe = probe.parent
     free_gb = shutil.disk_usage(probe).free / 1e9
     if free_gb < TMP_NEEDED_GB:
         raise pytest.UsageError(
-            f"{probe}: {free_gb:.1f} GB free, and the tests write up to {TMP_NEEDED_GB:.0f} GB "
-            "of checkpoints there at once; free some space or set TMPDIR to a larger disk"
+            f"{probe}: {free_gb:.1f} GB free; the tests need about {TMP_NEEDED_GB:.0f} GB there "
+            "(2.6 GB of checkpoints at once when they pass; a failed test's files are kept): "
+            "free some space or set TMPDIR to a larger disk"
         )
 
 
