@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import time
 
 import pytest
 from conftest import tiny_training
@@ -32,6 +33,7 @@ from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.voc import read_voc
 from pathodet.demo.real import real_config
+from pathodet.training.checkpoint import load_checkpoint, save_checkpoint
 from pathodet.training.run_dir import snapshot_name
 
 TINY = tiny_training(2, 2)
@@ -89,6 +91,31 @@ def test_held_out_fold_keeps_every_box_and_training_folds_lose_the_dropped_ones(
             assert n_removed == math.floor(0.5 * n_orig + 0.5) and n_now + n_removed == n_orig
             kept_total, removed_total = kept_total + n_now, removed_total + n_removed
     assert removed_total > 0 and kept_total > 0
+
+
+def test_a_run_resumed_after_training_counts_its_earlier_minutes(root, tmp_path, monkeypatch):
+    s = RealLossBenchSettings(folds=2, run_folds=[0], drop_rates=[0.0], methods=["dghm"],
+                              steps=4, curve_every=0, overrides=TINY)  # fmt: skip
+
+    def killed(folder):
+        raise KeyboardInterrupt("killed after training")
+
+    monkeypatch.setattr("pathodet.bench.losses_real.in_size", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_real_losses(root, tmp_path, s, log=lambda _: None)
+    monkeypatch.undo()
+    # as if the killed segment had trained for an hour: its checkpoint and fold record say so
+    folder = fold_dir(tmp_path, 4, 0.0, "dghm", 0)
+    state = load_checkpoint(folder / "run" / "last.pt")
+    save_checkpoint(folder / "run" / "last.pt", {**state, "train_seconds": 3600.0})
+    record = json.loads((folder / "fold.json").read_text())
+    (folder / "fold.json").write_text(json.dumps({**record, "train_minutes": 60.0}))
+    t0 = time.perf_counter()
+    (r,) = run_real_losses(root, tmp_path, s, log=lambda _: None)
+    segment = (time.perf_counter() - t0) / 60
+    assert r["train_minutes"] == 60
+    assert 60 <= r["minutes"] <= 60 + segment  # the killed hour, plus this segment's wall
+    assert r["minutes"] >= r["train_minutes"]
 
 
 def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):

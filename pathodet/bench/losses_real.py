@@ -54,6 +54,7 @@ from pathodet.eval.cv import make_folds, run_fold
 from pathodet.eval.evaluate import largest_annotated_side, run_evaluate
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
+from pathodet.training.checkpoint import load_checkpoint
 from pathodet.training.config import Config, same_config
 from pathodet.training.run_dir import BEST, LAST, snapshot_name
 
@@ -299,6 +300,10 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
             return done
         raise DatasetError(f"{result_file}: made with another config (seed, --set or "
                            "--curve-every); choose another --out, or delete its folder")  # fmt: skip
+    # wall minutes of the whole run: the training minutes of earlier segments (a run resumed
+    # after a kill; its checkpoint sums them) plus all of this segment
+    last = folder / "run" / LAST
+    minutes_before = load_checkpoint(last).get("train_seconds", 0.0) / 60 if last.is_file() else 0.0
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no ImageNet ResNet-18 weights")  # by design
@@ -312,7 +317,7 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "method": method, "label": METHODS[method].label, "rate": rate, "fold": fold,
         "seed": s.seed, "drop_seed": s.drop_seed, "overrides": s.overrides,
         "steps": record["steps"], "train_minutes": record["train_minutes"],
-        "minutes": (time.perf_counter() - t0) / 60,
+        "minutes": minutes_before + (time.perf_counter() - t0) / 60,
         "test": {k: record.get(k) for k in (*HELD_OUT_KEYS, "froc_points", "num_gt")},
         "train": train, IN_SIZE: in_size(folder), "curve": points,
         "machine": record.get("machine"),

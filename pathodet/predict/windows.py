@@ -31,6 +31,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from pathodet.core.machine import share_cores
+from pathodet.data.boxes import longer_side
 from pathodet.data.tiling import window_starts
 from pathodet.model.boxes import paired_iou
 
@@ -236,7 +237,7 @@ def overlapping_pairs(boxes: np.ndarray, t: Tensor, iou_threshold: float) -> np.
     stripe's boxes and that side, not by the slide.
     ``t``: the same boxes as a float64 tensor.
     """
-    side = float(max(np.max(boxes[:, 2] - boxes[:, 0]), np.max(boxes[:, 3] - boxes[:, 1]), 1.0))
+    side = max(float(longer_side(boxes).max()), 1.0)
     centres = np.column_stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]]) / 2
     order = np.argsort(centres[:, 0], kind="stable")
     cx = centres[order, 0]
