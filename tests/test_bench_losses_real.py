@@ -23,6 +23,7 @@ from pathodet.bench.losses_real import (
     collect,
     fold_dir,
     fold_manifest,
+    in_size,
     prepare_data,
     run_config,
     run_real_losses,
@@ -110,9 +111,20 @@ def test_a_run_resumed_after_training_counts_its_earlier_minutes(root, tmp_path,
     save_checkpoint(folder / "run" / "last.pt", {**state, "train_seconds": 3600.0})
     record = json.loads((folder / "fold.json").read_text())
     (folder / "fold.json").write_text(json.dumps({**record, "train_minutes": 60.0}))
+    # the repository moves on while the run evaluates: the result names the code it started on
+    head = ["started-here"]
+    monkeypatch.setattr("pathodet.bench.losses_real.git_commit", lambda: head[0])
+    real_in_size = in_size
+
+    def commit_meanwhile(folder):
+        head[0] = "committed-later"
+        return real_in_size(folder)
+
+    monkeypatch.setattr("pathodet.bench.losses_real.in_size", commit_meanwhile)
     t0 = time.perf_counter()
     (r,) = run_real_losses(root, tmp_path, s, log=lambda _: None)
     segment = (time.perf_counter() - t0) / 60
+    assert r["commit"] == "started-here"
     assert r["train_minutes"] == 60
     assert 60 <= r["minutes"] <= 60 + segment  # the killed hour, plus this segment's wall
     assert r["minutes"] >= r["train_minutes"]
@@ -163,8 +175,13 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     assert add_in_size(tmp_path, log=lambda _: None) == 0
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
-    again = run_real_losses(root, tmp_path, s, log=lambda _: None)
+    said = []
+    again = run_real_losses(root, tmp_path, s, log=said.append)
     assert again == results
+    # all done before: the ETA comes from their recorded minutes (run 1 of 2: one run left)
+    line = next(x for x in said if x.startswith("[1/2]"))
+    assert "(done before)" in line and "nan" not in line
+    assert line.endswith(f"ETA {results[0]['minutes']:.0f} min")
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")} == stamps
     assert len(collect(tmp_path)) == 2
     other = s.model_copy(update={"seed": 1})  # another training seed, same folders
@@ -180,6 +197,13 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         f"| 0% | DGHM-C | {zero['test']['froc']:.3f} (1) | {zero['test_in_size']['froc']:.3f}"
         in text
     )
+    for r in results:  # every run has its row: drop, fold, method, then its own figures
+        row = (f"| {round(100 * r['rate'])}% | 0 | DGHM-C | {r['test']['froc']:.3f} | "
+               f"{r['test_in_size']['froc']:.3f} | {r['train']['t_recall']:.3f} | ")  # fmt: skip
+        rr = r["train"]["r_recall"]
+        row += ("-" if rr is None else f"{rr:.3f}") + " | "
+        row += f"{r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['commit'][:7]}"
+        assert row in text
     (tmp_path / "docs" / "losses-real.md").write_text(
         text.replace("# Which", "# Reading\n\nkept\n\n# Which")
     )

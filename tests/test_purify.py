@@ -14,8 +14,8 @@ from test_train import REPO, tiny  # tests/ is on sys.path (pytest rootdir conft
 
 from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import FULL_DIR, NEG_DIR, POS_DIR, DatasetError
+from pathodet.data.images import image_size
 from pathodet.data.pseudo import PSEUDO_COLUMNS, SELECTED_COLUMNS, load_pseudo_samples, write_csv
-from pathodet.data.samples import image_size
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.tiling import boxes_in_window, tile_grid
 from pathodet.data.voc import read_voc

@@ -14,15 +14,8 @@ from conftest import (
 )
 
 from pathodet.data.digestpath import DatasetError, ImageRecord, Problem, scan_digestpath
-from pathodet.data.samples import (
-    ImageProblem,
-    image_size,
-    load_sample,
-    load_samples,
-    read_image,
-    summarize,
-    validate_boxes,
-)
+from pathodet.data.images import image_size, read_image
+from pathodet.data.samples import ImageProblem, load_sample, load_samples, summarize, validate_boxes
 from pathodet.data.voc import AnnotationError, read_voc
 
 # ---------------------------------------------------------------- VOC files

@@ -19,16 +19,15 @@ from conftest import image_bytes, voc_text
 from PIL import Image, ImageFile
 
 from pathodet.data.digestpath import ImageRecord
-from pathodet.data.predictions import PredictionsError, read_predictions
-from pathodet.data.samples import (
+from pathodet.data.images import (
     DEFAULT_MAX_PIXELS,
     MAX_PIXELS_ENV,
-    ImageProblem,
     image_size,
-    load_sample,
     max_pixels_limit,
     read_image,
 )
+from pathodet.data.predictions import PredictionsError, read_predictions
+from pathodet.data.samples import ImageProblem, load_sample
 from pathodet.data.tiling import TileDataset
 from pathodet.data.voc import AnnotationError, read_voc
 from pathodet.predict.config import PredictConfig

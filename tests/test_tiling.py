@@ -283,7 +283,7 @@ def test_tile_dataset_from_a_loaded_jpeg(tmp_path):
 def test_tiles_at_half_scale_hold_the_resized_image_and_boxes(tmp_path):
     """scale=0.5: the 40x image is tiled at 20x; a box keeps its place on the resized pixels."""
 
-    from pathodet.data.samples import rescale_image
+    from pathodet.data.images import rescale_image
 
     rgb = np.full((400, 600, 3), 255, np.uint8)
     rgb[100:140, 200:240] = 0  # a dark 40 x 40 cell

@@ -38,7 +38,8 @@ def real_batch(cfg, n: int = 8, crop: int = 256, seed: int = 0):
     """``(images (n, 3, crop, crop) float, boxes list of (K, 4), is_ap (n,))`` from real AP
     images, halved as the recipe does, each crop centred on an annotated box."""
     from pathodet.data.digestpath import load_records
-    from pathodet.data.samples import load_sample, read_image, rescale_image
+    from pathodet.data.images import read_image, rescale_image
+    from pathodet.data.samples import load_sample
 
     rng = np.random.default_rng(seed)
     records = [r for r in load_records(DIGESTPATH) if r.attribute == "AP"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -286,8 +287,13 @@ def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
 
 
 def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, rate: float,
-            fold: int, method: str, log: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """Train (or resume), predict and evaluate one run unless its result is there."""
+            fold: int, method: str, log: Callable[[str], None] = print,
+            commit: str | None = None) -> dict:  # fmt: skip
+    """Train (or resume), predict and evaluate one run unless its result is there.
+
+    ``commit`` is recorded in the result: the caller reads it when its process starts, so a
+    grid left running while the repository moves on records the code it actually runs
+    (default: read now)."""
     folder = fold_dir(out, s.steps, rate, method, fold, s.drop_seed)
     result_file = folder / "result.json"
     manifest = fold_manifest(out, folds_csv, rate, fold, s.drop_seed)
@@ -321,7 +327,7 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "test": {k: record.get(k) for k in (*HELD_OUT_KEYS, "froc_points", "num_gt")},
         "train": train, IN_SIZE: in_size(folder), "curve": points,
         "machine": record.get("machine"),
-        "commit": git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
+        "commit": commit or git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
     for name in (LAST, BEST):  # 50 MB each; the result is what is kept
@@ -335,14 +341,14 @@ def run_real_losses(root: Path, out: Path, s: RealLossBenchSettings,
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"settings-steps-{s.steps}.json", s.model_dump_json(indent=1))
     folds_csv = prepare_data(root, out, s)
-    runs, results, t_start, fresh = plan(s), [], time.perf_counter(), 0
+    runs, results, commit = plan(s), [], git_commit()  # the code this process runs
     for k, (rate, fold, method) in enumerate(runs, 1):
         t0 = time.perf_counter()
-        r = run_one(root, out, s, folds_csv, rate, fold, method, log)
+        r = run_one(root, out, s, folds_csv, rate, fold, method, log, commit)
         results.append(r)
         took = time.perf_counter() - t0
-        fresh += took > 1.0
-        eta = (time.perf_counter() - t_start) / fresh * (len(runs) - k) if fresh else float("nan")
+        # ETA from the recorded wall minutes of every run so far, done before or now
+        eta = statistics.fmean(x["minutes"] for x in results) * 60 * (len(runs) - k)
         froc, rr = r["test"]["froc"], r["train"]["r_recall"]
         log(f"[{k}/{len(runs)}] {rate_name(rate, s.drop_seed)} fold {fold} {method:<9} FROC "
             f"{'-' if froc is None else f'{froc:.3f}'} R-recall "

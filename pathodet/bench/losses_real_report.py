@@ -214,6 +214,29 @@ def curves_png(results: Sequence[dict], methods: Sequence[str], path: Path) -> P
     return path
 
 
+def runs_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
+    """One row per run, by drop rate, held-out fold and method: the figures the tables above
+    average, so a reader sees each fold, how long each run took and the code that made it."""
+
+    def fig(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    order = {m: i for i, m in enumerate(methods)}
+    lines = ["| drop | fold | method | held-out FROC | within trained size | T-recall | "
+             "R-recall | minutes (training) | commit |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    chosen = [r for r in results if r["method"] in order]
+    for r in sorted(chosen, key=lambda r: (r["rate"], r["fold"], order[r["method"]])):
+        commit = r.get("commit") or "?"
+        sized = r.get("test_in_size") or {}
+        cells = [f"{round(100 * r['rate'])}%", str(r["fold"]), METHODS[r["method"]].label,
+                 fig(r["test"].get("froc")), fig(sized.get("froc")),
+                 fig(r["train"].get("t_recall")), fig(r["train"].get("r_recall")),
+                 f"{r.get('minutes', 0.0):.0f} ({r.get('train_minutes', 0.0):.0f})",
+                 commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def compute_md(results: Sequence[dict]) -> list[str]:
     """Total compute, and the machines that made the runs."""
     minutes = sum(r.get("minutes", 0.0) for r in results)
@@ -246,6 +269,10 @@ def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
              *in_size_md(at, methods, rates), "",
              f"## Held-out FROC against training steps (0% dropped, {steps}-step runs)", "",
              *curves_md([r for r in at if r["rate"] == 0], methods), "",
+             "## Every run", "",
+             "Minutes: wall time of training, prediction and evaluation (training alone in "
+             "brackets); commit: as recorded by the run's last segment.", "",
+             *runs_md(at, methods), "",
              "## Compute", "", *compute_md(results), ""]  # fmt: skip
     return "\n".join(lines)
 

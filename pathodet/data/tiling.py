@@ -20,8 +20,9 @@ import numpy as np
 
 from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import Attribute
+from pathodet.data.images import read_image, rescale_image
 from pathodet.data.overlay import draw_boxes
-from pathodet.data.samples import Sample, read_image, rescale_image
+from pathodet.data.samples import Sample
 
 
 def window_starts(length: int, tile: int, stride: int) -> list[int]:

@@ -19,9 +19,9 @@ from PIL import Image
 
 from pathodet.core.io import atomic_write_image, atomic_write_text
 from pathodet.data.digestpath import load_records
+from pathodet.data.images import read_image
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
-from pathodet.data.samples import read_image
 from pathodet.demo.settings import LOSSES
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.overlays import classify

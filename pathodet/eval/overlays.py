@@ -24,9 +24,9 @@ from PIL import Image
 
 from pathodet.core.io import atomic_write_image
 from pathodet.data.digestpath import read_manifest
+from pathodet.data.images import read_image
 from pathodet.data.overlay import draw_boxes
 from pathodet.data.predictions import ImagePredictions, read_predictions
-from pathodet.data.samples import read_image
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.matching import greedy_match
 from pathodet.model.boxes import SAME_CELL_IOU

@@ -9,7 +9,7 @@ to another input. So the data sent to workers is only paths and plans:
   each window read from its detection level (:func:`read_window`);
 * a plain image (:class:`ImageInput`) is a one-level slide that is decoded whole when
   opened, resized by the detection scale as training resized it (PIL's box filter,
-  :func:`~pathodet.data.samples.rescale_image`, applied to the whole image: resizing window
+  :func:`~pathodet.data.images.rescale_image`, applied to the whole image: resizing window
   by window would give other pixels) and padded to whole windows; a window is a crop.
 
 :func:`window_batches` groups the windows of each input into batches that never mix inputs,
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pathodet.data.samples import image_size, read_image, rescale_image, rescaled_size
+from pathodet.data.images import image_size, read_image, rescale_image, rescaled_size
 from pathodet.predict.plan import SlidePlan
 from pathodet.predict.reader import Slide, SlideError
 from pathodet.predict.windows import ImagePlan, image_plan, pad_to

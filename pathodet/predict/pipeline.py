@@ -25,8 +25,8 @@ from torch import Tensor
 from pathodet.core.dist import DistInfo, init_distributed, pick_device, shutdown
 from pathodet.core.io import atomic_write_text
 from pathodet.core.machine import machine_record, resolve_precision
+from pathodet.data.images import read_image
 from pathodet.data.predictions import ImagePredictions
-from pathodet.data.samples import read_image
 from pathodet.model.retinanet import FrozenDetector
 from pathodet.predict.config import PredictConfig, for_checkpoint
 from pathodet.predict.images import (
@@ -188,7 +188,7 @@ def detect_image(
     path of an image file in :func:`predict`, without the file (tests, benchmarks).
 
     The image is resized by ``config.scale`` first (windows and overlap are in resized
-    pixels), as training resized it (:func:`~pathodet.data.samples.rescale_image`), padded
+    pixels), as training resized it (:func:`~pathodet.data.images.rescale_image`), padded
     (``config.pad``), cut into windows, detected and merged (:func:`detect_merged`).
     """
     h, w = rgb.shape[:2]

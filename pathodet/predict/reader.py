@@ -161,7 +161,7 @@ def _open(path: Path) -> object:
     * What OpenSlide recognises: OpenSlide; a DICOM instance it refuses (a lone or
       non-conformant one): :class:`~pathodet.predict.dicom.DicomSlide`.
     * Any other image (a plain image, a strip TIFF) is a one-level slide. Up to the pixel
-      guard (:func:`~pathodet.data.samples.max_pixels_limit`) OpenSlide's ``ImageSlide``
+      guard (:func:`~pathodet.data.images.max_pixels_limit`) OpenSlide's ``ImageSlide``
       decodes it whole; above it a strip TIFF is read strip by strip
       (:class:`~pathodet.predict.striptiff.StripTiff`), and anything else is refused.
 
@@ -172,7 +172,7 @@ def _open(path: Path) -> object:
     import openslide
     from PIL import Image
 
-    from pathodet.data.samples import max_pixels_limit
+    from pathodet.data.images import max_pixels_limit
     from pathodet.predict.dicom import DicomSlide, is_dicom
 
     fmt = openslide.OpenSlide.detect_format(str(path))

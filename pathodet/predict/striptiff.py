@@ -1,7 +1,7 @@
 """A large strip (non-tiled) TIFF read strip by strip with tifffile, as a one-level slide.
 
 OpenSlide reads tiled TIFFs only; a strip TIFF falls back to a plain image, decoded whole
-on first read. Under the pixel guard (:func:`pathodet.data.samples.max_pixels_limit`) that
+on first read. Under the pixel guard (:func:`pathodet.data.images.max_pixels_limit`) that
 is fine; above it, :class:`StripTiff` decodes only the strips a read touches (tifffile's
 ``TiffPage.decode``), so memory stays at a few strips whatever the image's size. A strip
 TIFF whose single strip is itself above the guard cannot be read in parts and is refused.

@@ -22,7 +22,7 @@ from pathodet.data.digestpath import (
     Problem,
     load_records,
 )
-from pathodet.data.samples import image_size, read_image
+from pathodet.data.images import image_size, read_image
 from pathodet.data.tiling import tile_grid
 from pathodet.predict.config import SlideConfig
 from pathodet.predict.loader import read_window

@@ -64,7 +64,7 @@ def store_of(db: Path) -> ReviewStore:
 
 @st.cache_resource(max_entries=8)
 def pixels(path: Path, mtime: float) -> np.ndarray:
-    from pathodet.data.samples import read_image
+    from pathodet.data.images import read_image
 
     return np.asarray(read_image(path))
 

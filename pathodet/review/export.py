@@ -41,7 +41,7 @@ from pathodet.data.geojson import (
     qupath_class,
     rectangle,
 )
-from pathodet.data.samples import image_size
+from pathodet.data.images import image_size
 from pathodet.data.voc import write_voc
 from pathodet.model.boxes import same_cell
 from pathodet.review.cases import Case
