@@ -287,13 +287,12 @@ def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
 
 
 def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, rate: float,
-            fold: int, method: str, log: Callable[[str], None] = print,
-            commit: str | None = None) -> dict:  # fmt: skip
+            fold: int, method: str, commit: str,
+            log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Train (or resume), predict and evaluate one run unless its result is there.
 
     ``commit`` is recorded in the result: the caller reads it when its process starts, so a
-    grid left running while the repository moves on records the code it actually runs
-    (default: read now)."""
+    grid left running while the repository moves on records the code it actually runs."""
     folder = fold_dir(out, s.steps, rate, method, fold, s.drop_seed)
     result_file = folder / "result.json"
     manifest = fold_manifest(out, folds_csv, rate, fold, s.drop_seed)
@@ -327,7 +326,7 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
         "test": {k: record.get(k) for k in (*HELD_OUT_KEYS, "froc_points", "num_gt")},
         "train": train, IN_SIZE: in_size(folder), "curve": points,
         "machine": record.get("machine"),
-        "commit": commit or git_commit(), "root": str(root), "config": cfg.model_dump(mode="json"),
+        "commit": commit, "root": str(root), "config": cfg.model_dump(mode="json"),
     }  # fmt: skip
     atomic_write_text(result_file, json.dumps(result, indent=1))
     for name in (LAST, BEST):  # 50 MB each; the result is what is kept
@@ -344,7 +343,7 @@ def run_real_losses(root: Path, out: Path, s: RealLossBenchSettings,
     runs, results, commit = plan(s), [], git_commit()  # the code this process runs
     for k, (rate, fold, method) in enumerate(runs, 1):
         t0 = time.perf_counter()
-        r = run_one(root, out, s, folds_csv, rate, fold, method, log, commit)
+        r = run_one(root, out, s, folds_csv, rate, fold, method, commit, log)
         results.append(r)
         took = time.perf_counter() - t0
         # ETA from the recorded wall minutes of every run so far, done before or now
