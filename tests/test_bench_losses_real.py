@@ -18,9 +18,7 @@ from typer.testing import CliRunner
 
 from pathodet.bench.losses_real import (
     RealLossBenchSettings,
-    add_in_size,
     budget_config,
-    collect,
     fold_dir,
     fold_manifest,
     in_size,
@@ -29,6 +27,7 @@ from pathodet.bench.losses_real import (
     run_real_losses,
 )
 from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
+from pathodet.bench.losses_real_results import add_in_size, collect, restore
 from pathodet.cli import app
 from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
@@ -210,6 +209,14 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     write_real_report(collect(tmp_path), 4, ["dghm"], [0.0, 0.5], tmp_path / "docs", "cmd2")
     again_text = md.read_text()  # the written part is kept, the generated block replaced
     assert "kept" in again_text and "`cmd2`" in again_text and "`cmd`" not in again_text
+    # the report's JSON keeps each run whole, config included: a lost --out comes back from it
+    lost = tmp_path / "lost"
+    assert restore(tmp_path / "docs" / "losses-real.json", root, lost, s, log=said.append) == 2
+    assert run_real_losses(root, lost, s, log=lambda _: None) == [
+        {**r, "config": json.loads((fold_dir(lost, 4, r["rate"], "dghm", 0) / "result.json")
+                                   .read_text())["config"],
+         "restored_from": str(tmp_path / "docs" / "losses-real.json")} for r in results
+    ]  # fmt: skip
 
     gone = fold_dir(tmp_path, 4, 0.5, "dghm", 0)  # a run whose files were deleted
     kept = json.loads((gone / "result.json").read_text())
@@ -220,6 +227,68 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     assert add_in_size(tmp_path, log=said.append) == 0  # logged, the others untouched
     assert len(said) == 1 and str(gone) in said[0] and "train-ap.csv" in said[0]
     assert "test_in_size" not in json.loads((gone / "result.json").read_text())
+
+
+def test_a_lost_out_folder_is_restored_from_the_report_and_the_grid_resumes_there(root, tmp_path):
+    s = RealLossBenchSettings(folds=2, run_folds=[0], drop_rates=[0.0, 0.5], methods=["dghm"],
+                              steps=4, curve_every=2, overrides=TINY)  # fmt: skip
+    first = tmp_path / "first"  # the out folder the report was made from, then lost
+    folds_csv = prepare_data(root, first, s)
+
+    def recorded(rate: float, method: str = "dghm", **change) -> dict:
+        cfg = run_config(s, fold_manifest(first, folds_csv, rate, 0), method)
+        if rate == 0:
+            cfg.train.snapshot_every = s.curve_every
+        return {"method": method, "rate": rate, "fold": 0, "seed": 0, "drop_seed": 0,
+                "overrides": TINY, "steps": 4, "minutes": 1.0,
+                "test": {"froc": rate, "num_gt": boxes}, "train": {"r_recall": None},
+                "config": cfg.model_dump(mode="json"), **change}  # fmt: skip
+
+    boxes = sum(len(read_voc(r.annotation).boxes) for r in read_manifest(folds_csv)
+                if r.fold == 0 and r.attribute == "AP")  # fmt: skip
+    other_recipe = recorded(0.5)
+    other_recipe["config"]["train"]["lr"] *= 2
+    other_split = {**recorded(0.5), "test": {"froc": 0.5, "num_gt": boxes + 1}}
+    report = tmp_path / "losses-real.json"
+    report.write_text(json.dumps([
+        recorded(0.5, drop_seed=1), recorded(0.0, fold=1), recorded(0.5, seed=1),
+        recorded(0.0, method="ghm"), recorded(0.0), recorded(0.5),
+        {**recorded(0.5), "config": None}, other_recipe, other_split,
+    ]))  # fmt: skip
+    lost = tmp_path / "lost"
+    said = []
+    # restored: the two runs of s; left out: another drop seed, fold, seed and method (one
+    # line), and unlogged, the records of a cell already restored
+    assert restore(report, root, lost, s, log=said.append) == 2
+    assert said == ["4 recorded run(s) of other grids (seed, drop seed, --set, budget, rate, "
+                    "fold or method) left out"]  # fmt: skip
+    for rate in (0.0, 0.5):
+        got = json.loads((fold_dir(lost, 4, rate, "dghm", 0) / "result.json").read_text())
+        assert got["test"]["froc"] == rate and got["restored_from"] == str(report)
+        assert got["config"]["data"]["root"] == str(fold_manifest(lost, lost / "folds.csv",
+                                                                  rate, 0).resolve())  # fmt: skip
+    assert not fold_dir(lost, 4, 0.0, "ghm", 0).exists()
+    assert not fold_dir(lost, 4, 0.0, "dghm", 1).exists()
+    assert not fold_dir(lost, 4, 0.5, "dghm", 0, drop_seed=1).exists()
+
+    said = []
+    results = run_real_losses(root, lost, s, log=said.append)  # nothing left to train
+    assert [r["test"]["froc"] for r in results] == [0.0, 0.5]
+    progress = [line for line in said if line.startswith("[")]
+    assert len(progress) == 2 and all("(done before)" in line for line in progress)
+    assert not list(lost.glob("runs/**/last.pt"))
+
+    fresh = tmp_path / "fresh"
+    report.write_text(json.dumps([{**recorded(0.5), "config": None}, other_recipe, other_split]))
+    said = []
+    assert restore(report, root, fresh, s, log=said.append) == 0
+    assert len(said) == 3 and "no config" in said[0] and "another recipe" in said[1]
+    assert f"had {boxes + 1} boxes, here {boxes}" in said[2]
+    assert not (fresh / "runs").exists()
+    for bad in ({"not": "a list"}, [recorded(0.0), "a string"]):
+        report.write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match="losses-real.json"):
+            restore(report, root, fresh, s)
 
 
 def test_paired_gap_and_its_two_standard_error_mark():
@@ -265,6 +334,9 @@ def test_cli_real_mode_refuses_methods_that_need_a_teacher(root, tmp_path):
     res = CliRunner().invoke(app, ["bench", "losses", "--data", str(root), "--out", str(tmp_path),
                                    "--rates", "0,half"])  # fmt: skip
     assert res.exit_code != 0 and "--rates 0,half" in res.output
+    res = CliRunner().invoke(app, ["bench", "losses", "--out", str(tmp_path),
+                                   "--restore", str(tmp_path / "losses-real.json")])  # fmt: skip
+    assert res.exit_code != 0 and "--restore" in res.output and "--data" in res.output
     assert not (tmp_path / "runs").exists()
 
 

@@ -26,7 +26,8 @@ Layout of ``--out``::
         train-eval/  curve.json  result.json    training-image recall, curve, the result
 
 A run is done when its ``result.json`` is there (written last, atomically) and was made
-with the same config; an interrupted run resumes from its ``last.pt``.
+with the same config; an interrupted run resumes from its ``last.pt``. The finished runs
+are read back, and a lost ``--out`` restored, by :mod:`pathodet.bench.losses_real_results`.
 """
 
 from __future__ import annotations
@@ -266,26 +267,6 @@ def in_size(folder: Path) -> dict:
             "froc_points": m["froc_points"], **{k: m[k] for k in HELD_OUT_KEYS}}  # fmt: skip
 
 
-def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
-    """Add :func:`in_size` to every finished run under ``out`` made before it existed
-    (``result.json`` rewritten atomically); returns how many were added. A run whose files
-    are gone (its predictions, ``train-ap.csv``, or the images they name) is logged and
-    left without them."""
-    added = 0
-    for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
-        result = json.loads(path.read_text())
-        if IN_SIZE in result:
-            continue
-        try:
-            result[IN_SIZE] = in_size(path.parent)
-        except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
-            log(f"{path.parent}: no in-size figures ({exc})")
-            continue
-        atomic_write_text(path, json.dumps(result, indent=1))
-        added += 1
-    return added
-
-
 def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, rate: float,
             fold: int, method: str, commit: str,
             log: Callable[[str], None] = print) -> dict:  # fmt: skip
@@ -354,15 +335,3 @@ def run_real_losses(root: Path, out: Path, s: RealLossBenchSettings,
             f"{'-' if rr is None else f'{rr:.3f}'} "
             f"{f'{took / 60:.1f} min' if took > 1 else '(done before)'}; ETA {eta / 60:.0f} min")  # fmt: skip
     return results
-
-
-def collect(out: Path, s: RealLossBenchSettings | None = None) -> list[dict]:
-    """The finished runs' results under ``out``; with ``s``, only those made with its
-    training seed, drop seed and overrides (any budget, rate, method or fold)."""
-    results = [json.loads(p.read_text())
-               for p in sorted(out.glob("runs/*/*/*/fold-*/result.json"))]  # fmt: skip
-    if s is None:
-        return results
-    same = (s.seed, s.drop_seed, s.overrides)
-    return [r for r in results
-            if (r["seed"], r.get("drop_seed", 0), r.get("overrides", [])) == same]  # fmt: skip

@@ -284,7 +284,7 @@ def write_real_report(results: Sequence[dict], steps: int, methods: Sequence[str
                       rates: Sequence[float], docs: Path, command: str) -> Path:  # fmt: skip
     """Write the tables into ``docs/losses-real.md`` between :data:`START` and :data:`END`
     (the written reading around them is kept; a new file gets a title), the curves into
-    ``losses-real-curves.png`` and the results into ``losses-real.json``."""
+    ``losses-real-curves.png`` and the results, configs included, into ``losses-real.json``."""
     import json
 
     from pathodet.core.io import atomic_write_text
@@ -308,6 +308,6 @@ def write_real_report(results: Sequence[dict], steps: int, methods: Sequence[str
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
     atomic_write_text(md, text)
-    slim = [{k: v for k, v in r.items() if k != "config"} for r in results]
-    atomic_write_text(docs / "losses-real.json", json.dumps(slim, indent=1))
+    # configs kept: ``bench losses --restore`` puts a lost ``--out`` back from this file
+    atomic_write_text(docs / "losses-real.json", json.dumps(list(results), indent=1))
     return md

@@ -84,6 +84,13 @@ def bench_losses(
     curve_every: Annotated[
         int | None, typer.Option(help="Real mode: held-out FROC every N steps at 0% dropped.")
     ] = None,
+    restore: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real mode: first put back into --out the runs this losses-real.json "
+            "recorded (same settings and recipe), e.g. after --out was lost."
+        ),
+    ] = None,
 ) -> None:
     """The DGHM paper's loss comparison under controlled missing labels (Tables 3-4): on
     synthetic data, or with --data on real DigestPath (case-grouped folds, real boxes
@@ -92,8 +99,10 @@ def bench_losses(
         if quick or keep_checkpoints:
             fail("--quick and --keep-checkpoints are for the synthetic benchmark, not --data")
         _bench_losses_real(data, out, docs, rates, methods, steps, overrides, folds, seeds,
-                           curve_every, report_only)  # fmt: skip
+                           curve_every, report_only, restore)  # fmt: skip
         return
+    if folds is not None or curve_every is not None or restore is not None:
+        fail("--folds, --curve-every and --restore are for real mode (--data)")
 
     from pathodet.bench.losses import LossBenchSettings, run_losses
     from pathodet.bench.losses_methods import quick_settings
@@ -125,15 +134,11 @@ def bench_losses(
 def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | None,
                        methods: str | None, steps: int | None, overrides: list[str] | None,
                        folds: str | None, seeds: str | None, curve_every: int | None,
-                       report_only: bool) -> None:  # fmt: skip
+                       report_only: bool, restore_from: Path | None) -> None:  # fmt: skip
     """``bench losses --data``: :mod:`pathodet.bench.losses_real`."""
-    from pathodet.bench.losses_real import (
-        RealLossBenchSettings,
-        add_in_size,
-        collect,
-        run_real_losses,
-    )
+    from pathodet.bench.losses_real import RealLossBenchSettings, run_real_losses
     from pathodet.bench.losses_real_report import write_real_report
+    from pathodet.bench.losses_real_results import add_in_size, collect, restore
 
     changes = _run_changes(methods, steps, overrides)
     if rates is not None:
@@ -160,6 +165,9 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
     with user_errors():
         if not data.is_dir():
             raise FileNotFoundError(f"--data {data}: no such folder")
+        if restore_from is not None:
+            n = restore(restore_from, data, out, settings, log=lambda m: typer.echo(m, err=True))
+            typer.echo(f"restored {n} run(s) from {restore_from} into {out}", err=True)
         if not report_only:
             run_real_losses(data, out, settings, log=lambda m: typer.echo(m, err=True))
         add_in_size(out, log=lambda m: typer.echo(m, err=True))  # runs made before it existed
