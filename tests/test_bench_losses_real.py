@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from pathodet.bench.losses_real import (
     RealLossBenchSettings,
+    at_operating_point,
     budget_config,
     fold_dir,
     fold_manifest,
@@ -27,7 +28,7 @@ from pathodet.bench.losses_real import (
     run_real_losses,
 )
 from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
-from pathodet.bench.losses_real_results import add_in_size, collect, restore
+from pathodet.bench.losses_real_results import add_figures, collect, restore
 from pathodet.cli import app
 from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.synth import write_synthetic_dataset
@@ -166,12 +167,33 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         assert sized["max_side"] == pytest.approx(side)
         assert 0 <= sized["left_out"] <= 1 and sized["froc"] is not None
     assert half["test_in_size"]["max_side"] <= zero["test_in_size"]["max_side"]  # fewer boxes
-    first = fold_dir(tmp_path, 4, 0.0, "dghm", 0) / "result.json"  # a run made before it
+
+    # at the held-out operating point: the training recall of the boxes scoring at least it
+    for r in results:
+        folder = fold_dir(tmp_path, 4, r["rate"], "dghm", 0)
+        at, fold_json = r["train"]["at_1fp"], folder / "fold.json"
+        assert at["threshold"] == json.loads(fold_json.read_text())["threshold_at_1fp"]
+        for k in ("t_recall", "r_recall"):  # fewer boxes count: never above all scores
+            assert at[k] is None or at[k] <= r["train"][k]
+        record = fold_json.read_text()  # at threshold 0 every box counts: the all-score figures
+        fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": 0.0}))
+        at0 = at_operating_point(folder, tmp_path, r["rate"])
+        assert (at0["t_recall"], at0["r_recall"]) == (r["train"]["t_recall"],
+                                                      r["train"]["r_recall"])  # fmt: skip
+        fold_json.write_text(record)
+    assert half["train"]["at_1fp"]["threshold"] is None or (
+        half["train"]["at_1fp"]["r_recall"] is not None
+    )
+    assert zero["train"]["at_1fp"]["r_recall"] is None
+
+    first = fold_dir(tmp_path, 4, 0.0, "dghm", 0) / "result.json"  # a run made before them
     before = json.loads(first.read_text())
-    first.write_text(json.dumps({k: v for k, v in before.items() if k != "test_in_size"}))
-    assert add_in_size(tmp_path, log=lambda _: None) == 1
+    made_before = {k: v for k, v in before.items() if k != "test_in_size"}
+    made_before["train"] = {k: v for k, v in before["train"].items() if k != "at_1fp"}
+    first.write_text(json.dumps(made_before))
+    assert add_figures(tmp_path, log=lambda _: None) == 1
     assert json.loads(first.read_text()) == before
-    assert add_in_size(tmp_path, log=lambda _: None) == 0
+    assert add_figures(tmp_path, log=lambda _: None) == 0
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
     said = []
@@ -224,7 +246,7 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     (gone / "result.json").write_text(json.dumps(kept))
     (gone / "train-ap.csv").unlink()
     said = []
-    assert add_in_size(tmp_path, log=said.append) == 0  # logged, the others untouched
+    assert add_figures(tmp_path, log=said.append) == 0  # logged, the others untouched
     assert len(said) == 1 and str(gone) in said[0] and "train-ap.csv" in said[0]
     assert "test_in_size" not in json.loads((gone / "result.json").read_text())
 
@@ -319,8 +341,17 @@ def test_paired_gap_and_its_two_standard_error_mark():
              result("focal", 1, 0.2)]  # fmt: skip
     assert "*" not in "\n".join(table3_md(noisy, ["focal", "dghm"]))  # +0.2 and -0.3: no sign
     t4 = [result("dghm", 0, 0.2, 0.5, 0.7), result("ce", 0, 0.1, 0.5, 0.2)]
-    assert "| 50% | CE | 0.200 (1) | -0.500 (1) |" in "\n".join(
-        table4_md(t4, ["ce", "dghm"], [0.0, 0.5])
+    t4[0]["train"]["at_1fp"] = {"threshold": 0.4, "t_recall": 0.45, "r_recall": 0.4}
+    table = "\n".join(table4_md(t4, ["ce", "dghm"], [0.0, 0.5]))
+    # R-recall, its gap, T-recall; at the 1-FP point R- and T-recall (a run made before
+    # them has none); held-out FROC and its gap
+    assert (
+        "| 50% | CE | 0.200 (1) | -0.500 (1) | 0.600 (1) | - | - | 0.100 (1) | -0.100 (1) |"
+        in table
+    )
+    assert (
+        "| 50% | DGHM-C | 0.700 (1) | - | 0.600 (1) | 0.400 (1) | 0.450 (1) | 0.200 (1) | - |"
+        in table
     )
 
 

@@ -299,3 +299,25 @@ def test_max_side_leaves_out_boxes_larger_than_any_src(make_root, tmp_path):
     (root / "sig-train-pos" / "ap.xml").write_text("<annotation><object>")  # cut short
     with pytest.raises(ValueError, match=r"could not be read.*ap\.xml"):
         largest_annotated_side(root)  # not the largest of what could be read
+
+
+def test_operating_point_counts_only_boxes_at_or_above_the_threshold():
+    from pathodet.eval.cv import operating_point
+
+    kept, dropped = [0, 0, 10, 10], [40, 0, 50, 10]  # one kept and one dropped SRC box
+    truth = {"a.jpg": T("AP", kept, [20, 0, 30, 10]), "n.jpg": T("NP")}
+    removed = {"a.jpg": T("AP", dropped, [60, 0, 70, 10])}
+    preds = {  # hits: kept 0.9, second kept 0.2, dropped 0.8; one unmatched box 0.6
+        "a.jpg": P([*kept, 0.9], [20, 0, 30, 10, 0.2], [*dropped, 0.8], [100, 0, 110, 10, 0.6]),
+        "n.jpg": P([0, 0, 10, 10, 0.7]),
+    }
+    at = operating_point(preds, truth, 0.5, 0.3, removed)
+    # at >= 0.5: of the kept boxes one found (1/2), of the dropped ones one (1/2); the AP
+    # image keeps 3 detections of which 1 is a kept box's hit (the dropped box's hit counts
+    # against precision, as in evaluate; NP images' boxes do not enter precision)
+    assert at == {"threshold_at_1fp": 0.5, "recall_at_1fp": 0.5, "r_recall_at_1fp": 0.5,
+                  "precision_at_1fp": pytest.approx(1 / 3)}  # fmt: skip
+    at_all = operating_point(preds, truth, 0.0, 0.3, removed)
+    assert (at_all["recall_at_1fp"], at_all["r_recall_at_1fp"]) == (1.0, 0.5)
+    assert operating_point(preds, truth, None, 0.3, removed) == dict.fromkeys(at)
+    assert "r_recall_at_1fp" not in operating_point(preds, truth, 0.5, 0.3)

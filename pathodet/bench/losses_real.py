@@ -51,9 +51,12 @@ from pathodet.core.config import Strict
 from pathodet.core.io import atomic_write_text
 from pathodet.data.digestpath import DatasetError, read_manifest, scan_digestpath, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
+from pathodet.data.predictions import read_predictions
 from pathodet.demo.real import real_config
-from pathodet.eval.cv import make_folds, run_fold
+from pathodet.eval.annotations import load_annotations
+from pathodet.eval.cv import make_folds, operating_point, run_fold
 from pathodet.eval.evaluate import largest_annotated_side, run_evaluate
+from pathodet.model.boxes import SAME_CELL_IOU
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
 from pathodet.training.checkpoint import load_checkpoint
@@ -70,6 +73,7 @@ first 2400-step runs had gradient norms up to 875 (medians 3-14), validation los
 docs/benchmarks/losses-real.md, "Instability"."""
 HELD_OUT_KEYS = ("froc", "recall", "precision", "nfp")  # the challenge's held-out figures
 IN_SIZE = "test_in_size"  # the held-out figures without boxes larger than any trained SRC
+AT_1FP = "at_1fp"  # in "train": T- and R-recall at the held-out 1-FP-per-NP-image threshold
 REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
 """The methods that need no first-round detector, teacher or unlabelled pool: the losses,
 soft sampling on every negative or on AP negatives only, cleanliness and co-mining."""
@@ -250,6 +254,29 @@ def train_recall(folder: Path, manifest: Path, rate: float, fold: int, out: Path
             "removed_boxes": m.get("num_removed", 0)}  # fmt: skip
 
 
+def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0) -> dict:
+    """T-recall and R-recall of the training AP images counting only the detections that
+    score at least the run's held-out operating point (the threshold giving 1 false
+    positive per held-out NP image, ``fold.json``'s ``threshold_at_1fp``).
+
+    Recall at every score rewards a detector that keeps many low-scoring boxes (DGHM-C
+    keeps over a thousand per NP image, CE a handful); at the score a user would run the
+    detector at, the figures compare methods. Returns ``{"threshold", "t_recall",
+    "r_recall"}`` (``r_recall`` None at 0%; all None when no threshold reaches 1 FP).
+
+    Raises:
+        OSError: the run's ``fold.json``, ``train-ap.csv`` or training predictions are gone.
+    """
+    threshold = json.loads((folder / "fold.json").read_text()).get("threshold_at_1fp")
+    removed = out / "data" / rate_name(rate, drop_seed) / REMOVED_DIR if rate else None
+    gt = load_annotations(folder / "train-ap.csv", removed)
+    preds = read_predictions(folder / "train-eval" / "predictions" / "predictions.csv",
+                             images=gt.annotated)  # fmt: skip
+    point = operating_point(preds, gt.annotated, threshold, SAME_CELL_IOU, gt.removed)
+    return {"threshold": threshold, "t_recall": point["recall_at_1fp"],
+            "r_recall": point.get("r_recall_at_1fp")}  # fmt: skip
+
+
 def in_size(folder: Path) -> dict:
     """Held-out figures of a run's final predictions without the boxes larger than any SRC
     it was trained on: a box whose longer side exceeds the largest annotated box of its
@@ -299,6 +326,7 @@ def run_one(root: Path, out: Path, s: RealLossBenchSettings, folds_csv: Path, ra
                            f"{s.steps} (fewer batches per epoch than max_steps_per_epoch?)")  # fmt: skip
     points = curve(folder, s, record, log) if rate == 0 else []
     train = train_recall(folder, manifest, rate, fold, out, s)
+    train[AT_1FP] = at_operating_point(folder, out, rate, s.drop_seed)
     result = {
         "method": method, "label": METHODS[method].label, "rate": rate, "fold": fold,
         "seed": s.seed, "drop_seed": s.drop_seed, "overrides": s.overrides,

@@ -101,10 +101,12 @@ def table3_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
 
 
 def table4_md(results: Sequence[dict], methods: Sequence[str], rates: Sequence[float]) -> list[str]:
-    """Per drop rate > 0: R-recall and T-recall on the training images, held-out FROC, and
-    the paired gaps to DGHM-C of R-recall and FROC."""
-    lines = ["| drop | method | R-recall | gap to DGHM-C | T-recall | held-out FROC | "
-             "gap to DGHM-C | paper R-recall / FROC |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """Per drop rate > 0: R-recall and T-recall on the training images, at every score and
+    at the held-out 1-FP-per-NP-image threshold, held-out FROC, and the paired gaps to
+    DGHM-C of R-recall and FROC."""
+    lines = ["| drop | method | R-recall | gap to DGHM-C | T-recall | R-recall at 1 FP | "
+             "T-recall at 1 FP | held-out FROC | gap to DGHM-C | paper R-recall / FROC |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for rate in rates:
         if rate == 0:
             continue
@@ -118,7 +120,9 @@ def table4_md(results: Sequence[dict], methods: Sequence[str], rates: Sequence[f
             paper = PAPER_TABLE4.get(rate, {}).get(m)
             cells = [f"{round(100 * rate)}%", METHODS[m].label, _cell(rr),
                      "-" if m == REFERENCE else _gap(rr, ref_r),
-                     _cell(_values(results, rate, m, "train.t_recall")), _cell(froc),
+                     _cell(_values(results, rate, m, "train.t_recall")),
+                     _cell(_values(results, rate, m, "train.at_1fp.r_recall")),
+                     _cell(_values(results, rate, m, "train.at_1fp.t_recall")), _cell(froc),
                      "-" if m == REFERENCE else _gap(froc, ref_f),
                      "-" if paper is None else f"{paper[0]:.3f} / {paper[1]:.3f}"]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")

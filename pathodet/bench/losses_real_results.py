@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pathodet.bench.losses_real import (
+    AT_1FP,
     IN_SIZE,
     RealLossBenchSettings,
+    at_operating_point,
     fold_dir,
     fold_manifest,
     in_size,
@@ -41,23 +43,36 @@ def collect(out: Path, s: RealLossBenchSettings | None = None) -> list[dict]:
             if (r["seed"], r.get("drop_seed", 0), r.get("overrides", [])) == same]  # fmt: skip
 
 
-def add_in_size(out: Path, log: Callable[[str], None] = print) -> int:
-    """Add :func:`in_size` to every finished run under ``out`` made before it existed
-    (``result.json`` rewritten atomically); returns how many were added. A run whose files
-    are gone (its predictions, ``train-ap.csv``, or the images they name) is logged and
-    left without them."""
+def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
+    """Add the figures a finished run under ``out`` lacks because it was made before they
+    existed: :func:`~pathodet.bench.losses_real.in_size` and
+    :func:`~pathodet.bench.losses_real.at_operating_point` (``result.json`` rewritten
+    atomically); returns how many runs gained one. A run whose files are gone (its
+    predictions, ``train-ap.csv``, ``fold.json``, or the images they name) is logged and
+    left without them, and a restored run (:func:`restore`) is skipped."""
     added = 0
     for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
         result = json.loads(path.read_text())
-        if IN_SIZE in result:
+        if "restored_from" in result:  # put back from a report: its files were lost
             continue
-        try:
-            result[IN_SIZE] = in_size(path.parent)
-        except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
-            log(f"{path.parent}: no in-size figures ({exc})")
-            continue
-        atomic_write_text(path, json.dumps(result, indent=1))
-        added += 1
+        folder, changed = path.parent, False
+        if IN_SIZE not in result:
+            try:
+                result[IN_SIZE] = in_size(folder)
+                changed = True
+            except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
+                log(f"{folder}: no in-size figures ({exc})")
+        if AT_1FP not in result["train"]:
+            try:
+                result["train"][AT_1FP] = at_operating_point(
+                    folder, out, result["rate"], result.get("drop_seed", 0)
+                )
+                changed = True
+            except (OSError, ValueError) as exc:
+                log(f"{folder}: no training recall at the 1-FP point ({exc})")
+        if changed:
+            atomic_write_text(path, json.dumps(result, indent=1))
+            added += 1
     return added
 
 

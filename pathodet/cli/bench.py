@@ -138,7 +138,7 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
     """``bench losses --data``: :mod:`pathodet.bench.losses_real`."""
     from pathodet.bench.losses_real import RealLossBenchSettings, run_real_losses
     from pathodet.bench.losses_real_report import write_real_report
-    from pathodet.bench.losses_real_results import add_in_size, collect, restore
+    from pathodet.bench.losses_real_results import add_figures, collect, restore
 
     changes = _run_changes(methods, steps, overrides)
     if rates is not None:
@@ -170,7 +170,7 @@ def _bench_losses_real(data: Path, out: Path, docs: Path | None, rates: str | No
             typer.echo(f"restored {n} run(s) from {restore_from} into {out}", err=True)
         if not report_only:
             run_real_losses(data, out, settings, log=lambda m: typer.echo(m, err=True))
-        add_in_size(out, log=lambda m: typer.echo(m, err=True))  # runs made before it existed
+        add_figures(out, log=lambda m: typer.echo(m, err=True))  # runs made before it existed
         md = write_real_report(collect(out, settings), settings.steps, settings.methods,
                                settings.drop_rates, docs or Path("docs/benchmarks"), command)  # fmt: skip
     typer.echo(f"report: {md}")

@@ -30,7 +30,7 @@ from pathodet.data.folds import Group, assign_folds, fold_summary
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.evaluate import run_evaluate
-from pathodet.eval.metrics import FROC_FPS, curve, evaluate, operating_threshold
+from pathodet.eval.metrics import FROC_FPS, ImageBoxes, curve, evaluate, operating_threshold
 from pathodet.eval.report import froc_png, mean_std
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
@@ -102,18 +102,22 @@ def _train_fold(cfg: Config, run_dir: Path, log: Callable[[str], None], progress
 
 
 def operating_point(
-    preds: dict[str, ImagePredictions], truth, threshold: float | None, iou: float
-) -> dict:
-    """Recall and precision of the detections scoring at least ``threshold`` (None: n/a)."""
+    preds: dict[str, ImagePredictions], truth: dict[str, ImageBoxes], threshold: float | None,
+    iou: float, removed: dict[str, ImageBoxes] | None = None,
+) -> dict:  # fmt: skip
+    """Recall and precision of the detections scoring at least ``threshold`` (None: n/a);
+    with ``removed`` (boxes dropped by ``pathodet data drop``), also the R-recall of the
+    dropped boxes (``r_recall_at_1fp``; the recall is then the kept boxes' T-recall)."""
+    extra = ["r_recall_at_1fp"] if removed is not None else []
     if threshold is None:
-        return {"threshold_at_1fp": None, "precision_at_1fp": None, "recall_at_1fp": None}
+        return dict.fromkeys(["threshold_at_1fp", "precision_at_1fp", "recall_at_1fp", *extra])
     kept = {
         n: ImagePredictions(p.boxes[p.scores >= threshold], p.scores[p.scores >= threshold])
         for n, p in preds.items()
     }
-    m = evaluate(kept, truth, iou)
+    m = evaluate(kept, truth, iou, removed)
     return {"threshold_at_1fp": threshold, "precision_at_1fp": m["precision"],
-            "recall_at_1fp": m["recall"]}  # fmt: skip
+            "recall_at_1fp": m["recall"], **{k: m["r_recall"] for k in extra}}  # fmt: skip
 
 
 def run_fold(
