@@ -7,6 +7,7 @@ from the recipe's numbers and from the annotations themselves.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shlex
@@ -27,7 +28,13 @@ from pathodet.bench.losses_real import (
     run_config,
     run_real_losses,
 )
-from pathodet.bench.losses_real_report import paired_gap, table3_md, table4_md, write_real_report
+from pathodet.bench.losses_real_report import (
+    coverage_md,
+    paired_gap,
+    table3_md,
+    table4_md,
+    write_real_report,
+)
 from pathodet.bench.losses_real_results import add_figures, collect, restore
 from pathodet.cli import app
 from pathodet.data.digestpath import DatasetError, read_manifest
@@ -175,6 +182,14 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         assert at["threshold"] == json.loads(fold_json.read_text())["threshold_at_1fp"]
         for k in ("t_recall", "r_recall"):  # fewer boxes count: never above all scores
             assert at[k] is None or at[k] <= r["train"][k]
+        if at["threshold"] is not None:  # counted from the CSV: boxes per training AP image
+            written = folder / "train-eval" / "predictions" / "predictions.csv"
+            rows = list(csv.DictReader(written.read_text().splitlines()))
+            n_ap = len(read_manifest(folder / "train-ap.csv"))
+            kept = sum(float(row["score"]) >= at["threshold"] for row in rows)
+            assert at["detections_per_image"] == pytest.approx(kept / n_ap)
+            assert 0.0 <= at["t_recall_chance"] <= 1.0
+            assert (at["r_recall_chance"] is None) == (r["rate"] == 0)
         record = fold_json.read_text()  # at threshold 0 every box counts: the all-score figures
         fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": 0.0}))
         at0 = at_operating_point(folder, tmp_path, r["rate"])
@@ -194,6 +209,12 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     assert add_figures(tmp_path, log=lambda _: None) == 1
     assert json.loads(first.read_text()) == before
     assert add_figures(tmp_path, log=lambda _: None) == 0
+    no_chance = json.loads(first.read_text())  # made before the chance recalls only
+    no_chance["train"]["at_1fp"] = {k: v for k, v in before["train"]["at_1fp"].items()
+                                    if k in ("threshold", "t_recall", "r_recall")}  # fmt: skip
+    first.write_text(json.dumps(no_chance))
+    assert add_figures(tmp_path, log=lambda _: None) == 1
+    assert json.loads(first.read_text()) == before  # seeded: the same chance figures again
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
     said = []
@@ -382,3 +403,31 @@ def test_cli_real_report_only_names_the_command_that_reproduces_it(root, tmp_pat
     assert f"pathodet bench losses --data {q(str(root))} --out {q(str(tmp_path))} --rates 0,0.5 " \
            "--folds 1 --steps 8" in md  # fmt: skip
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_recall_above_chance_is_paired_within_each_run():
+    def result(fold, r, r_chance, t_chance):
+        return {"method": "dghm", "rate": 0.5, "fold": fold, "steps": 8,
+                "train": {"at_1fp": {"threshold": 0.3, "t_recall": 0.5, "r_recall": r,
+                                     "t_recall_chance": t_chance, "r_recall_chance": r_chance,
+                                     "detections_per_image": 100.0 * (fold + 1)}}}  # fmt: skip
+
+    runs = [result(0, 0.50, 0.30, 0.50), result(1, 0.40, 0.25, 0.50), result(2, 0.45, 0.20, 0.50)]
+    runs.append(
+        {
+            "method": "dghm",
+            "rate": 0.5,
+            "fold": 3,
+            "steps": 8,  # made before chance
+            "train": {"at_1fp": {"threshold": 0.3, "t_recall": 0.9, "r_recall": 0.9}},
+        }
+    )
+    rows = [r for r in coverage_md(runs, ["dghm", "ce"], [0.0, 0.5]) if r.startswith("| 50%")]
+    assert len(rows) == 1  # CE has no run; 0% none
+    cells = rows[0].strip("| ").split(" | ")
+    assert cells[2] == "200 ± 100 (3)"  # detections per image of the three runs that have it
+    diffs = [0.20, 0.15, 0.25]  # R-recall minus its chance, per run
+    sd = math.sqrt(sum((d - 0.2) ** 2 for d in diffs) / 2)
+    assert cells[6] == f"{0.45:.3f} ± {0.05:.3f} (3)"  # fold 3 lacks chance: left out
+    assert cells[8] == f"+0.200 ± {sd / math.sqrt(3):.3f} (3) *"
+    assert cells[5] == "+0.000 ± 0.000 (3)"  # T-recall at chance level: no mark

@@ -54,8 +54,10 @@ from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.predictions import read_predictions
 from pathodet.demo.real import real_config
 from pathodet.eval.annotations import load_annotations
+from pathodet.eval.chance import chance_recall
 from pathodet.eval.cv import make_folds, operating_point, run_fold
 from pathodet.eval.evaluate import largest_annotated_side, run_evaluate
+from pathodet.eval.metrics import above
 from pathodet.model.boxes import SAME_CELL_IOU
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
@@ -73,6 +75,7 @@ first 2400-step runs had gradient norms up to 875 (medians 3-14), validation los
 docs/benchmarks/losses-real.md, "Instability"."""
 HELD_OUT_KEYS = ("froc", "recall", "precision", "nfp")  # the challenge's held-out figures
 IN_SIZE = "test_in_size"  # the held-out figures without boxes larger than any trained SRC
+CHANCE_DRAWS = 8  # random shifts per run behind the chance recalls at the operating point
 AT_1FP = "at_1fp"  # in "train": T- and R-recall at the held-out 1-FP-per-NP-image threshold
 REAL_METHODS = tuple(m for m in METHODS if m not in (PRIOR_NEEDS, *PU_METHODS))
 """The methods that need no first-round detector, teacher or unlabelled pool: the losses,
@@ -257,12 +260,21 @@ def train_recall(folder: Path, manifest: Path, rate: float, fold: int, out: Path
 def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0) -> dict:
     """T-recall and R-recall of the training AP images counting only the detections that
     score at least the run's held-out operating point (the threshold giving 1 false
-    positive per held-out NP image, ``fold.json``'s ``threshold_at_1fp``).
+    positive per held-out NP image, ``fold.json``'s ``threshold_at_1fp``), and what the
+    same detections reach by chance.
 
     Recall at every score rewards a detector that keeps many low-scoring boxes (DGHM-C
     keeps over a thousand per NP image, CE a handful); at the score a user would run the
-    detector at, the figures compare methods. Returns ``{"threshold", "t_recall",
-    "r_recall"}`` (``r_recall`` None at 0%; all None when no threshold reaches 1 FP).
+    detector at, the figures compare methods. Even there, a detector that covers the
+    SRC-rich tissue with boxes "finds" cells by coverage: ``*_chance`` are the recalls of
+    the same detections shifted at random within each image
+    (:func:`pathodet.eval.chance.chance_recall`, :data:`CHANCE_DRAWS` draws), and
+    ``detections_per_image`` how many a training AP image keeps.
+
+    Returns:
+        ``{"threshold", "t_recall", "r_recall", "t_recall_chance", "r_recall_chance",
+        "detections_per_image"}``; the R-recalls are None at 0%, and all but
+        ``threshold`` are None when no threshold reaches 1 FP.
 
     Raises:
         OSError: the run's ``fold.json``, ``train-ap.csv`` or training predictions are gone.
@@ -273,8 +285,16 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     preds = read_predictions(folder / "train-eval" / "predictions" / "predictions.csv",
                              images=gt.annotated)  # fmt: skip
     point = operating_point(preds, gt.annotated, threshold, SAME_CELL_IOU, gt.removed)
-    return {"threshold": threshold, "t_recall": point["recall_at_1fp"],
-            "r_recall": point.get("r_recall_at_1fp")}  # fmt: skip
+    result = {"threshold": threshold, "t_recall": point["recall_at_1fp"],
+              "r_recall": point.get("r_recall_at_1fp"), "t_recall_chance": None,
+              "r_recall_chance": None, "detections_per_image": None}  # fmt: skip
+    if threshold is not None:
+        kept = above(preds, threshold)
+        chance = chance_recall(kept, gt.annotated, SAME_CELL_IOU, gt.removed, CHANCE_DRAWS)
+        n_ap = sum(t.attribute == "AP" for t in gt.annotated.values())
+        result |= {"t_recall_chance": chance["t_recall"], "r_recall_chance": chance["r_recall"],
+                   "detections_per_image": sum(len(p.scores) for p in kept.values()) / n_ap}  # fmt: skip
+    return result
 
 
 def in_size(folder: Path) -> dict:

@@ -46,8 +46,8 @@ def collect(out: Path, s: RealLossBenchSettings | None = None) -> list[dict]:
 def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
     """Add the figures a finished run under ``out`` lacks because it was made before they
     existed: :func:`~pathodet.bench.losses_real.in_size` and
-    :func:`~pathodet.bench.losses_real.at_operating_point` (``result.json`` rewritten
-    atomically); returns how many runs gained one. A run whose files are gone (its
+    :func:`~pathodet.bench.losses_real.at_operating_point` with its chance recalls
+    (``result.json`` rewritten atomically); returns how many runs gained one. A run whose files are gone (its
     predictions, ``train-ap.csv``, ``fold.json``, or the images they name) is logged and
     left without them, and a restored run (:func:`restore`) is skipped."""
     added = 0
@@ -62,7 +62,7 @@ def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
                 changed = True
             except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
                 log(f"{folder}: no in-size figures ({exc})")
-        if AT_1FP not in result["train"]:
+        if "t_recall_chance" not in result["train"].get(AT_1FP, {}):
             try:
                 result["train"][AT_1FP] = at_operating_point(
                     folder, out, result["rate"], result.get("drop_seed", 0)

@@ -30,7 +30,14 @@ from pathodet.data.folds import Group, assign_folds, fold_summary
 from pathodet.data.predictions import ImagePredictions, read_predictions
 from pathodet.eval.annotations import load_annotations
 from pathodet.eval.evaluate import run_evaluate
-from pathodet.eval.metrics import FROC_FPS, ImageBoxes, curve, evaluate, operating_threshold
+from pathodet.eval.metrics import (
+    FROC_FPS,
+    ImageBoxes,
+    above,
+    curve,
+    evaluate,
+    operating_threshold,
+)
 from pathodet.eval.report import froc_png, mean_std
 from pathodet.predict.config import PredictConfig
 from pathodet.predict.pipeline import predict
@@ -111,11 +118,7 @@ def operating_point(
     extra = ["r_recall_at_1fp"] if removed is not None else []
     if threshold is None:
         return dict.fromkeys(["threshold_at_1fp", "precision_at_1fp", "recall_at_1fp", *extra])
-    kept = {
-        n: ImagePredictions(p.boxes[p.scores >= threshold], p.scores[p.scores >= threshold])
-        for n, p in preds.items()
-    }
-    m = evaluate(kept, truth, iou, removed)
+    m = evaluate(above(preds, threshold), truth, iou, removed)
     return {"threshold_at_1fp": threshold, "precision_at_1fp": m["precision"],
             "recall_at_1fp": m["recall"], **{k: m["r_recall"] for k in extra}}  # fmt: skip
 

@@ -178,6 +178,14 @@ def per_image(
     return rows
 
 
+def above(preds: Mapping[str, ImagePredictions], threshold: float) -> dict[str, ImagePredictions]:
+    """Each image's detections scoring at least ``threshold``."""
+    return {
+        n: ImagePredictions(p.boxes[p.scores >= threshold], p.scores[p.scores >= threshold])
+        for n, p in preds.items()
+    }
+
+
 def operating_threshold(thresholds: np.ndarray, nfp: np.ndarray, fps: float) -> float | None:
     """Lowest score threshold whose false positives per NP image stay <= ``fps``.
 
