@@ -13,6 +13,7 @@ import math
 import shlex
 import time
 
+import numpy as np
 import pytest
 from conftest import tiny_training
 from typer.testing import CliRunner
@@ -25,6 +26,7 @@ from pathodet.bench.losses_real import (
     fold_manifest,
     in_size,
     prepare_data,
+    rate_name,
     run_config,
     run_real_losses,
 )
@@ -38,9 +40,13 @@ from pathodet.bench.losses_real_report import (
 from pathodet.bench.losses_real_results import add_figures, collect, restore
 from pathodet.cli import app
 from pathodet.data.digestpath import DatasetError, read_manifest
+from pathodet.data.drop import REMOVED_DIR
+from pathodet.data.predictions import ImagePredictions
 from pathodet.data.synth import write_synthetic_dataset
 from pathodet.data.voc import read_voc
 from pathodet.demo.real import real_config
+from pathodet.eval.annotations import load_annotations
+from pathodet.eval.chance import chance_recall
 from pathodet.training.checkpoint import load_checkpoint, save_checkpoint
 from pathodet.training.run_dir import snapshot_name
 
@@ -188,8 +194,25 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
             n_ap = len(read_manifest(folder / "train-ap.csv"))
             kept = sum(float(row["score"]) >= at["threshold"] for row in rows)
             assert at["detections_per_image"] == pytest.approx(kept / n_ap)
-            assert 0.0 <= at["t_recall_chance"] <= 1.0
-            assert (at["r_recall_chance"] is None) == (r["rate"] == 0)
+            trained = [b for m in read_manifest(folder / "train-ap.csv")
+                       for b in read_voc(m.annotation).boxes]  # fmt: skip
+            cell = sorted(max(b[2] - b[0], b[3] - b[1]) for b in trained)
+            chance = at["chance"]  # shifted by the median side of the trained-on boxes
+            assert chance["cell_px"] == pytest.approx(float(np.median(cell)))
+            removed = tmp_path / "data" / rate_name(r["rate"]) / REMOVED_DIR if r["rate"] else None
+            gt = load_annotations(folder / "train-ap.csv", removed)
+            by_image: dict = {}
+            for row in rows:
+                if float(row["score"]) >= at["threshold"]:
+                    by_image.setdefault(row["image"], []).append(
+                        [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+                    )
+            kept = {k: ImagePredictions(np.array(v), np.ones(len(v))) for k, v in by_image.items()}
+            for kind, distance in (("anywhere", None), ("one_cell", chance["cell_px"])):
+                assert chance[kind] == chance_recall(  # the boxes above the threshold only
+                    kept, gt.annotated, 0.3, gt.removed, chance["draws"], distance=distance
+                )
+                assert (chance[kind]["r_recall"] is None) == (r["rate"] == 0)
         record = fold_json.read_text()  # at threshold 0 every box counts: the all-score figures
         fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": 0.0}))
         at0 = at_operating_point(folder, tmp_path, r["rate"])
@@ -212,6 +235,7 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     no_chance = json.loads(first.read_text())  # made before the chance recalls only
     no_chance["train"]["at_1fp"] = {k: v for k, v in before["train"]["at_1fp"].items()
                                     if k in ("threshold", "t_recall", "r_recall")}  # fmt: skip
+    assert before["train"]["at_1fp"]["chance"] is not None
     first.write_text(json.dumps(no_chance))
     assert add_figures(tmp_path, log=lambda _: None) == 1
     assert json.loads(first.read_text()) == before  # seeded: the same chance figures again
@@ -406,13 +430,16 @@ def test_cli_real_report_only_names_the_command_that_reproduces_it(root, tmp_pat
 
 
 def test_recall_above_chance_is_paired_within_each_run():
-    def result(fold, r, r_chance, t_chance):
+    def result(fold, r, anywhere, one_cell):
+        chance = {"anywhere": {"t_recall": 0.4, "r_recall": anywhere},
+                  "one_cell": {"t_recall": 0.4, "r_recall": one_cell}, "cell_px": 60.0 + fold,
+                  "draws": 8}  # fmt: skip
         return {"method": "dghm", "rate": 0.5, "fold": fold, "steps": 8,
                 "train": {"at_1fp": {"threshold": 0.3, "t_recall": 0.5, "r_recall": r,
-                                     "t_recall_chance": t_chance, "r_recall_chance": r_chance,
-                                     "detections_per_image": 100.0 * (fold + 1)}}}  # fmt: skip
+                                     "detections_per_image": 100.0 * (fold + 1),
+                                     "chance": chance}}}  # fmt: skip
 
-    runs = [result(0, 0.50, 0.30, 0.50), result(1, 0.40, 0.25, 0.50), result(2, 0.45, 0.20, 0.50)]
+    runs = [result(0, 0.50, 0.30, 0.50), result(1, 0.40, 0.25, 0.40), result(2, 0.45, 0.20, 0.45)]
     runs.append(
         {
             "method": "dghm",
@@ -422,12 +449,14 @@ def test_recall_above_chance_is_paired_within_each_run():
             "train": {"at_1fp": {"threshold": 0.3, "t_recall": 0.9, "r_recall": 0.9}},
         }
     )
-    rows = [r for r in coverage_md(runs, ["dghm", "ce"], [0.0, 0.5]) if r.startswith("| 50%")]
-    assert len(rows) == 1  # CE has no run; 0% none
-    cells = rows[0].strip("| ").split(" | ")
-    assert cells[2] == "200 ± 100 (3)"  # detections per image of the three runs that have it
-    diffs = [0.20, 0.15, 0.25]  # R-recall minus its chance, per run
+    rows = [r for r in coverage_md(runs, ["dghm", "ce"], [0.0, 0.5]) if r.startswith("| ")]
+    assert len(rows) == 2  # the header and DGHM-C at 50%: CE has no run, 0% none
+    cells = rows[1].strip("| ").split(" | ")
+    assert cells[:4] == ["50%", "DGHM-C", "200 ± 100 (3)", "R (dropped)"]
+    assert cells[4] == "0.450 ± 0.050 (3)"  # fold 3 lacks chance: left out
+    assert cells[5] == "0.250 ± 0.050 (3)"
+    diffs = [0.20, 0.15, 0.25]  # R-recall minus its shifted-anywhere recall, per run
     sd = math.sqrt(sum((d - 0.2) ** 2 for d in diffs) / 2)
-    assert cells[6] == f"{0.45:.3f} ± {0.05:.3f} (3)"  # fold 3 lacks chance: left out
-    assert cells[8] == f"+0.200 ± {sd / math.sqrt(3):.3f} (3) *"
-    assert cells[5] == "+0.000 ± 0.000 (3)"  # T-recall at chance level: no mark
+    assert cells[6] == f"+0.200 ± {sd / math.sqrt(3):.3f} (3) *"
+    assert cells[7] == "0.450 ± 0.050 (3), 60 px"  # one cell away: the smallest cell named
+    assert cells[8] == "+0.000 ± 0.000 (3)"  # no better than boxes one cell off: no mark

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from pathodet.bench import losses
@@ -266,15 +267,17 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     Recall at every score rewards a detector that keeps many low-scoring boxes (DGHM-C
     keeps over a thousand per NP image, CE a handful); at the score a user would run the
     detector at, the figures compare methods. Even there, a detector that covers the
-    SRC-rich tissue with boxes "finds" cells by coverage: ``*_chance`` are the recalls of
-    the same detections shifted at random within each image
-    (:func:`pathodet.eval.chance.chance_recall`, :data:`CHANCE_DRAWS` draws), and
-    ``detections_per_image`` how many a training AP image keeps.
+    SRC-rich tissue with boxes "finds" cells by coverage. ``chance`` holds the recalls of
+    the same detections shifted at random (:func:`pathodet.eval.chance.chance_recall`,
+    :data:`CHANCE_DRAWS` draws): ``anywhere`` in the image, and ``one_cell`` away (by
+    ``cell_px``, the median longer side of the training boxes, in a random direction);
+    ``detections_per_image`` is how many a training AP image keeps.
 
     Returns:
-        ``{"threshold", "t_recall", "r_recall", "t_recall_chance", "r_recall_chance",
-        "detections_per_image"}``; the R-recalls are None at 0%, and all but
-        ``threshold`` are None when no threshold reaches 1 FP.
+        ``{"threshold", "t_recall", "r_recall", "detections_per_image", "chance":
+        {"anywhere": {"t_recall", "r_recall"}, "one_cell": {...}, "cell_px", "draws"}}``;
+        R-recalls are None at 0%, and all but ``threshold`` None when no threshold
+        reaches 1 FP.
 
     Raises:
         OSError: the run's ``fold.json``, ``train-ap.csv`` or training predictions are gone.
@@ -286,14 +289,22 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
                              images=gt.annotated)  # fmt: skip
     point = operating_point(preds, gt.annotated, threshold, SAME_CELL_IOU, gt.removed)
     result = {"threshold": threshold, "t_recall": point["recall_at_1fp"],
-              "r_recall": point.get("r_recall_at_1fp"), "t_recall_chance": None,
-              "r_recall_chance": None, "detections_per_image": None}  # fmt: skip
-    if threshold is not None:
-        kept = above(preds, threshold)
-        chance = chance_recall(kept, gt.annotated, SAME_CELL_IOU, gt.removed, CHANCE_DRAWS)
-        n_ap = sum(t.attribute == "AP" for t in gt.annotated.values())
-        result |= {"t_recall_chance": chance["t_recall"], "r_recall_chance": chance["r_recall"],
-                   "detections_per_image": sum(len(p.scores) for p in kept.values()) / n_ap}  # fmt: skip
+              "r_recall": point.get("r_recall_at_1fp"), "detections_per_image": None,
+              "chance": None}  # fmt: skip
+    if threshold is None:
+        return result
+    kept = above(preds, threshold)
+    boxes = np.concatenate([t.boxes for t in gt.annotated.values()])
+    cell_px = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
+    shifted = {
+        kind: chance_recall(
+            kept, gt.annotated, SAME_CELL_IOU, gt.removed, CHANCE_DRAWS, distance=distance
+        )  # fmt: skip
+        for kind, distance in (("anywhere", None), ("one_cell", cell_px))
+    }
+    n_ap = sum(t.attribute == "AP" for t in gt.annotated.values())
+    result["detections_per_image"] = sum(len(p.scores) for p in kept.values()) / n_ap
+    result["chance"] = {**shifted, "cell_px": cell_px, "draws": CHANCE_DRAWS}
     return result
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathodet.bench.losses_methods import METHODS
+from pathodet.bench.losses_real import CHANCE_DRAWS
 
 PAPER_TABLE3 = {"dghm": 0.819, "ghm": 0.743, "ce": 0.593, "sce": 0.559, "focal": 0.503}
 """5-fold FROC of the DGHM paper's Table 3 (ImageNet ResNet-18, full DigestPath, GPU)."""
@@ -133,24 +134,30 @@ def coverage_md(
     results: Sequence[dict], methods: Sequence[str], rates: Sequence[float]
 ) -> list[str]:
     """Training recall at the held-out 1-FP point against what the same detections reach
-    shifted at random within each image (:func:`pathodet.eval.chance.chance_recall`), per
-    rate and method: the gap above chance is what placing the boxes on the cells earns,
-    the rest is coverage. Gaps are paired within each run (mean ± standard error)."""
-    lines = ["| drop | method | detections per training AP image | T-recall at 1 FP | "
-             "by chance | above chance | R-recall at 1 FP | by chance | above chance |",
+    shifted at random (:func:`pathodet.bench.losses_real.at_operating_point`'s ``chance``),
+    per rate and method: R-recall (the dropped boxes) where labels were dropped, T-recall
+    at 0%. Shifted anywhere in the image, boxes lose both the tissue and the cells they
+    were put on; shifted one cell away, only the cells. Gaps are paired within each run
+    (mean ± standard error, n)."""
+    lines = ["| drop | method | detections per training AP image | boxes | recall at 1 FP | "
+             "shifted anywhere | above it | shifted one cell (px) | above it |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    at = "train.at_1fp."
     for rate in rates:
+        kind = "r" if rate else "t"
         for m in methods:
-            key = "train.at_1fp."
-            count = _values(results, rate, m, key + "detections_per_image")
-            if not count:
+            anywhere = _values(results, rate, m, f"{at}chance.anywhere.{kind}_recall")
+            if not anywhere:
                 continue
-            cells = [f"{round(100 * rate)}%", METHODS[m].label, _cell(count, digits=0)]
-            for kind in ("t", "r"):
-                real = _values(results, rate, m, f"{key}{kind}_recall")
-                chance = _values(results, rate, m, f"{key}{kind}_recall_chance")
-                real = {f: v for f, v in real.items() if f in chance}
-                cells += [_cell(real), _cell(chance), _gap(real, chance)]
+            one_cell = _values(results, rate, m, f"{at}chance.one_cell.{kind}_recall")
+            real = _values(results, rate, m, f"{at}{kind}_recall")
+            real = {f: v for f, v in real.items() if f in anywhere}
+            px = _values(results, rate, m, f"{at}chance.cell_px")
+            cells = [f"{round(100 * rate)}%", METHODS[m].label,
+                     _cell(_values(results, rate, m, f"{at}detections_per_image"), digits=0),
+                     "R (dropped)" if rate else "T (all)", _cell(real), _cell(anywhere),
+                     _gap(real, anywhere), f"{_cell(one_cell)}, {min(px.values()):.0f} px",
+                     _gap(real, one_cell)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -293,12 +300,14 @@ def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
              "", *table4_md(at, methods, rates), "",
              "## Recall at the operating point against chance", "",
              "A detector that covers SRC-rich tissue with boxes finds cells whether or not it "
-             "recognises them. \"By chance\": the recall of the same detections after each "
-             "image's boxes are shifted by one random offset, wrapped around the image "
-             "(number, sizes and pattern kept, registration to the cells lost; mean of 8 "
-             "shifts). \"Above chance\": the mean paired difference ± its standard error "
-             "(n), * above two standard errors. Runs restored from a report lack the files "
-             "these need.", "",
+             "recognises them. The same detections (scoring at least the held-out 1-FP "
+             "threshold) are shifted and matched again, with one random offset per training "
+             f"image, mean of {CHANCE_DRAWS} draws: anywhere in the image (wrapped around "
+             "it; box number, sizes and pattern kept), and by one cell (the median longer "
+             "side of the training boxes) in a random direction, which keeps the tissue the "
+             "boxes chose and loses the cells. \"Above it\": the recall minus that baseline, "
+             "mean ± standard error over runs (n), * beyond two standard errors (a loose "
+             "mark with 3 runs). Runs restored from a report lack the files these need.", "",
              *coverage_md(at, methods, rates), "",
              "## Detections larger than any trained SRC", "",
              "The held-out figures again, without the predicted boxes whose longer side "

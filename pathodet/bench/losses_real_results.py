@@ -62,7 +62,7 @@ def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
                 changed = True
             except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
                 log(f"{folder}: no in-size figures ({exc})")
-        if "t_recall_chance" not in result["train"].get(AT_1FP, {}):
+        if "chance" not in result["train"].get(AT_1FP, {}):
             try:
                 result["train"][AT_1FP] = at_operating_point(
                     folder, out, result["rate"], result.get("drop_seed", 0)
