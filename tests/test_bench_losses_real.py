@@ -7,11 +7,11 @@ from the recipe's numbers and from the annotations themselves.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shlex
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,32 +188,42 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         assert at["threshold"] == json.loads(fold_json.read_text())["threshold_at_1fp"]
         for k in ("t_recall", "r_recall"):  # fewer boxes count: never above all scores
             assert at[k] is None or at[k] <= r["train"][k]
-        if at["threshold"] is not None:  # counted from the CSV: boxes per training AP image
-            written = folder / "train-eval" / "predictions" / "predictions.csv"
-            rows = list(csv.DictReader(written.read_text().splitlines()))
-            n_ap = len(read_manifest(folder / "train-ap.csv"))
-            kept = sum(float(row["score"]) >= at["threshold"] for row in rows)
-            assert at["detections_per_image"] == pytest.approx(kept / n_ap)
-            trained = [b for m in read_manifest(folder / "train-ap.csv")
-                       for b in read_voc(m.annotation).boxes]  # fmt: skip
-            cell = sorted(max(b[2] - b[0], b[3] - b[1]) for b in trained)
-            chance = at["chance"]  # shifted by the median side of the trained-on boxes
-            assert chance["cell_px"] == pytest.approx(float(np.median(cell)))
-            removed = tmp_path / "data" / rate_name(r["rate"]) / REMOVED_DIR if r["rate"] else None
-            gt = load_annotations(folder / "train-ap.csv", removed)
-            by_image: dict = {}
-            for row in rows:
-                if float(row["score"]) >= at["threshold"]:
-                    by_image.setdefault(row["image"], []).append(
-                        [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
-                    )
-            kept = {k: ImagePredictions(np.array(v), np.ones(len(v))) for k, v in by_image.items()}
-            for kind, distance in (("anywhere", None), ("one_cell", chance["cell_px"])):
-                assert chance[kind] == chance_recall(  # the boxes above the threshold only
-                    kept, gt.annotated, 0.3, gt.removed, chance["draws"], distance=distance
-                )
-                assert (chance[kind]["r_recall"] is None) == (r["rate"] == 0)
-        record = fold_json.read_text()  # at threshold 0 every box counts: the all-score figures
+        # detections made up for the check: each kept box found (score 0.9) and a decoy
+        # beside it (0.2). At threshold 0.5 the kept boxes alone count: T-recall 1, their
+        # number per image, and chance recalls of exactly these boxes
+        written = folder / "train-eval" / "predictions" / "predictions.csv"
+        original, rows = written.read_text(), ["image,x1,y1,x2,y2,score"]
+        gt_rows = [(Path(m.image).name, b) for m in read_manifest(folder / "train-ap.csv")
+                   for b in read_voc(m.annotation).boxes]  # fmt: skip
+        for name, b in gt_rows:
+            q = (b[2] - b[0]) / 4  # the decoy: the box a quarter of its width along
+            rows += [f"{name},{b[0]},{b[1]},{b[2]},{b[3]},0.9",
+                     f"{name},{b[0] + q},{b[1]},{b[2] + q},{b[3]},0.2"]  # fmt: skip
+        written.write_text("\n".join(rows) + "\n")
+        record = fold_json.read_text()
+        fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": 0.5}))
+        at = at_operating_point(folder, tmp_path, r["rate"])
+        n_ap = len(read_manifest(folder / "train-ap.csv"))
+        assert at["t_recall"] == 1.0 and at["detections_per_image"] == len(gt_rows) / n_ap
+        chance = at["chance"]  # shifted by the median side of the trained-on boxes
+        sides = [max(b[2] - b[0], b[3] - b[1]) for _, b in gt_rows]
+        assert chance["cell_px"] == pytest.approx(float(np.median(sides)))
+        removed = tmp_path / "data" / rate_name(r["rate"]) / REMOVED_DIR if r["rate"] else None
+        gt = load_annotations(folder / "train-ap.csv", removed)
+        by_image: dict = {}
+        for name, b in gt_rows:
+            by_image.setdefault(name, []).append(list(b))
+        kept = {
+            k: ImagePredictions(np.array(v, float), np.ones(len(v))) for k, v in by_image.items()
+        }
+        for kind, distance in (("anywhere", None), ("one_cell", chance["cell_px"])):
+            assert chance[kind] == chance_recall(
+                kept, gt.annotated, 0.3, gt.removed, chance["draws"], distance=distance
+            )
+            assert (chance[kind]["r_recall"] is None) == (r["rate"] == 0)
+        assert chance["one_cell"]["t_recall"] < 1.0  # moved one cell, boxes leave their cells
+        written.write_text(original)
+        # at threshold 0 every box counts: the all-score figures
         fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": 0.0}))
         at0 = at_operating_point(folder, tmp_path, r["rate"])
         assert (at0["t_recall"], at0["r_recall"]) == (r["train"]["t_recall"],
@@ -235,7 +245,6 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     no_chance = json.loads(first.read_text())  # made before the chance recalls only
     no_chance["train"]["at_1fp"] = {k: v for k, v in before["train"]["at_1fp"].items()
                                     if k in ("threshold", "t_recall", "r_recall")}  # fmt: skip
-    assert before["train"]["at_1fp"]["chance"] is not None
     first.write_text(json.dumps(no_chance))
     assert add_figures(tmp_path, log=lambda _: None) == 1
     assert json.loads(first.read_text()) == before  # seeded: the same chance figures again
