@@ -50,6 +50,7 @@ from pathodet.bench.pudet import PU_METHODS
 from pathodet.bench.speed import git_commit
 from pathodet.core.config import Strict
 from pathodet.core.io import atomic_write_text
+from pathodet.data.boxes import longer_side
 from pathodet.data.digestpath import DatasetError, read_manifest, scan_digestpath, write_manifest
 from pathodet.data.drop import REMOVED_DIR, drop_annotations
 from pathodet.data.predictions import read_predictions
@@ -294,8 +295,9 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     if threshold is None:
         return result
     kept = above(preds, threshold)
-    boxes = np.concatenate([t.boxes for t in gt.annotated.values()])
-    cell_px = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
+    cell_px = float(
+        np.median(longer_side(np.concatenate([t.boxes for t in gt.annotated.values()])))
+    )
     shifted = {
         kind: chance_recall(
             kept, gt.annotated, SAME_CELL_IOU, gt.removed, CHANCE_DRAWS, distance=distance

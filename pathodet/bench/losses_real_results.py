@@ -47,9 +47,10 @@ def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
     """Add the figures a finished run under ``out`` lacks because it was made before they
     existed: :func:`~pathodet.bench.losses_real.in_size` and
     :func:`~pathodet.bench.losses_real.at_operating_point` with its chance recalls
-    (``result.json`` rewritten atomically); returns how many runs gained one. A run whose files are gone (its
-    predictions, ``train-ap.csv``, ``fold.json``, or the images they name) is logged and
-    left without them, and a restored run (:func:`restore`) is skipped."""
+    (``result.json`` rewritten atomically); returns how many runs gained one. A run whose
+    files are gone (its predictions, ``train-ap.csv``, ``fold.json``, or the images they
+    name) is logged and left without them, and a restored run (:func:`restore`) is
+    skipped."""
     added = 0
     for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
         result = json.loads(path.read_text())

@@ -96,7 +96,11 @@ def froc_points(recall: np.ndarray, nfp: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _recall(preds, truth, iou) -> tuple[float | None, int]:
+def box_recall(
+    preds: Mapping[str, ImagePredictions], truth: Mapping[str, ImageBoxes], iou: float
+) -> tuple[float | None, int]:
+    """Share of the AP images' boxes of ``truth`` matched by ``preds`` (None without boxes),
+    and the number of boxes."""
     hit, _, n_gt = matched_scores(preds, truth, iou)
     return (len(hit) / n_gt if n_gt else None), n_gt
 
@@ -139,7 +143,7 @@ def evaluate(
         out["froc_points"], out["froc"] = None, None
     if removed is not None:
         out["t_recall"] = out["recall"]
-        out["r_recall"], out["num_removed"] = _recall(preds, removed, iou_threshold)
+        out["r_recall"], out["num_removed"] = box_recall(preds, removed, iou_threshold)
     if full_truth is not None:
         t_hit, t_every, t_gt = matched_scores(preds, full_truth, iou_threshold)
         out["true_recall"] = len(t_hit) / t_gt if t_gt else None
