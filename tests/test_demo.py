@@ -272,8 +272,10 @@ def test_calibration_measures_this_machine_without_touching_the_runs_random_stat
     speed = measure_speed(cfg, "auto", s.tile, steps=1)
     assert torch.equal(torch.rand(3), expected)  # the calibration consumed no random numbers
     assert speed["step_seconds"] > 0 and speed["window_seconds"] > 0
-    # the calibration's own time is reported: 4 steps (3 warm-up) and 3 windows at least
-    assert speed["calibration_seconds"] >= 4 * speed["step_seconds"] + 2 * speed["window_seconds"]
+    # the calibration's own time is reported: it contains the measured step and the two
+    # timed windows after warm-up (each at least the fastest); warm-up steps may be faster
+    # than the measured one, so they bound nothing
+    assert speed["calibration_seconds"] >= speed["step_seconds"] + 2 * speed["window_seconds"]
 
 
 def test_the_demo_measures_once_per_folder_and_plans_from_it(tmp_path, monkeypatch):
