@@ -32,6 +32,7 @@ from pathodet.bench.losses_real import (
 )
 from pathodet.bench.losses_real_report import (
     coverage_md,
+    drop_cost_md,
     paired_gap,
     table3_md,
     table4_md,
@@ -407,6 +408,34 @@ def test_paired_gap_and_its_two_standard_error_mark():
         "| 50% | DGHM-C | 0.700 (1) | - | 0.600 (1) | 0.400 (1) | 0.450 (1) | 0.200 (1) | - |"
         in table
     )
+
+
+def test_drop_cost_pairs_each_run_with_the_same_fold_at_zero_and_with_dghm():
+    def result(method, rate, fold, froc):
+        return {"method": method, "rate": rate, "fold": fold, "test": {"froc": froc}}
+
+    dghm = {0.0: {0: 0.2, 1: 0.3, 2: 0.2}, 0.5: {0: 0.4, 1: 0.2, 2: 0.2}}
+    ce = {0.0: {0: 0.4, 1: 0.5, 2: 0.7}, 0.5: {0: 0.0, 1: 0.0, 2: 0.5, 3: 0.9}}
+    rows = [result(m, rate, f, v) for m, runs in (("dghm", dghm), ("ce", ce))
+            for rate, folds in runs.items() for f, v in folds.items()]  # fmt: skip
+
+    def mean_se(xs):
+        m = sum(xs) / len(xs)
+        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+    ce_change = [ce[0.5][f] - ce[0.0][f] for f in range(3)]  # fold 3 has no 0% run
+    dghm_change = [dghm[0.5][f] - dghm[0.0][f] for f in range(3)]
+    m, se = mean_se(ce_change)  # -0.367 ± 0.088: beyond 2 SE
+    d, dse = mean_se([c - g for c, g in zip(ce_change, dghm_change, strict=True)])  # -0.400 ± 0.115
+    g, gse = mean_se(dghm_change)  # +0.033 ± 0.088: no mark
+    table = drop_cost_md(rows, ["dghm", "ce"], [0.0, 0.5])
+    ce_row = next(r for r in table if "| CE |" in r).split(" | ")
+    assert ce_row[2] == "0.167 ± 0.289 (3)"  # the 50% runs that have a 0% partner
+    assert ce_row[4] == f"{m:+.3f} ± {se:.3f} (3) *"
+    assert ce_row[5] == f"{d:+.3f} ± {dse:.3f} (3) * |"
+    dghm_row = next(r for r in table if "| DGHM-C |" in r).split(" | ")
+    assert dghm_row[4] == f"{g:+.3f} ± {gse:.3f} (3)" and dghm_row[5] == "- |"
+    assert len(table) == 4  # header, rule, one row per method; no 0% rows
 
 
 def test_cli_real_mode_refuses_methods_that_need_a_teacher(root, tmp_path):
