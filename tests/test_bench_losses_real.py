@@ -496,5 +496,7 @@ def test_recall_above_chance_is_paired_within_each_run():
     diffs = [0.20, 0.15, 0.25]  # R-recall minus its shifted-anywhere recall, per run
     sd = math.sqrt(sum((d - 0.2) ** 2 for d in diffs) / 2)
     assert cells[6] == f"+0.200 ± {sd / math.sqrt(3):.3f} (3) *"
-    assert cells[7] == "0.450 ± 0.050 (3), 60 px"  # one cell away: the smallest cell named
+    assert cells[7] == "0.450 ± 0.050 (3), 60-62 px"  # one cell away: the runs' cell sizes
     assert cells[8] == "+0.000 ± 0.000 (3)"  # no better than boxes one cell off: no mark
+    one = [r for r in coverage_md(runs[:1], ["dghm"], [0.5]) if r.startswith("| 50%")]
+    assert one[0].split(" | ")[7] == "0.500 (1), 60 px"  # one run: one size, no range

@@ -182,11 +182,12 @@ def coverage_md(
             one_cell = _values(results, rate, m, f"{at}chance.one_cell.{kind}_recall")
             real = _values(results, rate, m, f"{at}{kind}_recall")
             real = {f: v for f, v in real.items() if f in anywhere}
-            px = _values(results, rate, m, f"{at}chance.cell_px")
+            px = sorted(_values(results, rate, m, f"{at}chance.cell_px").values())
+            cell = f"{px[0]:.0f}" + ("" if px[0] == px[-1] else f"-{px[-1]:.0f}")
             cells = [f"{round(100 * rate)}%", METHODS[m].label,
                      _cell(_values(results, rate, m, f"{at}detections_per_image"), digits=0),
                      "R (dropped)" if rate else "T (all)", _cell(real), _cell(anywhere),
-                     _gap(real, anywhere), f"{_cell(one_cell)}, {min(px.values()):.0f} px",
+                     _gap(real, anywhere), f"{_cell(one_cell)}, {cell} px",
                      _gap(real, one_cell)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return lines
