@@ -33,6 +33,7 @@ from pathodet.bench.losses_real import (
 from pathodet.bench.losses_real_report import (
     coverage_md,
     drop_cost_md,
+    in_size_md,
     paired_gap,
     table3_md,
     table4_md,
@@ -436,6 +437,19 @@ def test_drop_cost_pairs_each_run_with_the_same_fold_at_zero_and_with_dghm():
     dghm_row = next(r for r in table if "| DGHM-C |" in r).split(" | ")
     assert dghm_row[4] == f"{g:+.3f} ± {gse:.3f} (3)" and dghm_row[5] == "- |"
     assert len(table) == 4  # header, rule, one row per method; no 0% rows
+
+
+def test_in_size_table_names_the_largest_trained_box_per_cell():
+    def result(fold, rate, side, froc):
+        sized = {"froc": froc, "froc_points": {"1": froc / 2}, "max_side": side,
+                 "left_out": 0.1 * fold}  # fmt: skip
+        return {"method": "dghm", "rate": rate, "fold": fold, "test": {"froc": 0.1},
+                "test_in_size": sized}  # fmt: skip
+
+    runs = [result(0, 0.0, 174.0, 0.4), result(1, 0.0, 188.0, 0.2), result(0, 0.7, 168.0, 0.3)]
+    rows = {r.split(" | ")[0]: r.split(" | ") for r in in_size_md(runs, ["dghm"], [0.0, 0.7])}
+    assert rows["| 0%"][3] == "0.300 ± 0.141 (2)" and rows["| 0%"][6] == "174-188"
+    assert rows["| 70%"][3] == "0.300 (1)" and rows["| 70%"][6] == "168"  # one run: no range
 
 
 def test_cli_real_mode_refuses_methods_that_need_a_teacher(root, tmp_path):

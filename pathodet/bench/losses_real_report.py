@@ -71,6 +71,12 @@ def _cell(values: dict[int, float], digits: int = 3) -> str:
     return f"{m:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}") + f" ({len(values)})"
 
 
+def _span(values: dict[int, float]) -> str:
+    """The runs' range of a whole-pixel figure, ``61-63``, or one value when all agree."""
+    lo, hi = min(values.values()), max(values.values())
+    return f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}"
+
+
 def _gap(values: dict[int, float], ref: dict[int, float]) -> str:
     mean, se, n = paired_gap(values, ref)
     if n == 0:
@@ -182,8 +188,7 @@ def coverage_md(
             one_cell = _values(results, rate, m, f"{at}chance.one_cell.{kind}_recall")
             real = _values(results, rate, m, f"{at}{kind}_recall")
             real = {f: v for f, v in real.items() if f in anywhere}
-            px = sorted(_values(results, rate, m, f"{at}chance.cell_px").values())
-            cell = f"{px[0]:.0f}" + ("" if px[0] == px[-1] else f"-{px[-1]:.0f}")
+            cell = _span(_values(results, rate, m, f"{at}chance.cell_px"))
             cells = [f"{round(100 * rate)}%", METHODS[m].label,
                      _cell(_values(results, rate, m, f"{at}detections_per_image"), digits=0),
                      "R (dropped)" if rate else "T (all)", _cell(real), _cell(anywhere),
@@ -213,7 +218,7 @@ def in_size_md(
                      _cell(_values(results, rate, m, "test.froc")), _cell(froc),
                      "-" if m == REFERENCE else _gap(froc, ref),
                      _cell(_values(results, rate, m, "test_in_size.froc_points.1")),
-                     f"{min(side.values()):.0f}-{max(side.values()):.0f}",
+                     _span(side),
                      _cell(_values(results, rate, m, "test_in_size.left_out"))]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return lines
