@@ -230,10 +230,16 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
         at0 = at_operating_point(folder, tmp_path, r["rate"])
         assert (at0["t_recall"], at0["r_recall"]) == (r["train"]["t_recall"],
                                                       r["train"]["r_recall"])  # fmt: skip
+        # no 1-FP threshold (a collapsed detector): nothing kept, every figure 0
+        fold_json.write_text(json.dumps({**json.loads(record), "threshold_at_1fp": None}))
+        none = at_operating_point(folder, tmp_path, r["rate"])
+        zero_r = 0.0 if r["rate"] else None
+        assert (none["t_recall"], none["r_recall"], none["detections_per_image"]) == (
+            0.0, zero_r, 0.0)  # fmt: skip
+        for kind in ("anywhere", "one_cell"):
+            assert none["chance"][kind] == {"t_recall": 0.0, "r_recall": zero_r}
         fold_json.write_text(record)
-    assert half["train"]["at_1fp"]["threshold"] is None or (
-        half["train"]["at_1fp"]["r_recall"] is not None
-    )
+    assert half["train"]["at_1fp"]["r_recall"] is not None  # 0 when no 1-FP threshold
     assert zero["train"]["at_1fp"]["r_recall"] is None
 
     first = fold_dir(tmp_path, 4, 0.0, "dghm", 0) / "result.json"  # a run made before them
@@ -250,6 +256,12 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
     first.write_text(json.dumps(no_chance))
     assert add_figures(tmp_path, log=lambda _: None) == 1
     assert json.loads(first.read_text()) == before  # seeded: the same chance figures again
+    old_none = json.loads(first.read_text())  # recorded when no 1-FP point meant no figures
+    old_none["train"]["at_1fp"] = {"threshold": None, "t_recall": None, "r_recall": None,
+                                   "detections_per_image": None, "chance": None}  # fmt: skip
+    first.write_text(json.dumps(old_none))
+    assert add_figures(tmp_path, log=lambda _: None) == 1
+    assert json.loads(first.read_text()) == before
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/**/result.json")}
     said = []

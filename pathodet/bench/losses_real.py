@@ -277,8 +277,10 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     Returns:
         ``{"threshold", "t_recall", "r_recall", "detections_per_image", "chance":
         {"anywhere": {"t_recall", "r_recall"}, "one_cell": {...}, "cell_px", "draws"}}``;
-        R-recalls are None at 0%, and all but ``threshold`` None when no threshold
-        reaches 1 FP.
+        R-recalls are None at 0%. When no threshold reaches 1 FP (``threshold`` None: a
+        detector that collapsed to no detection, or whose most confident one is already
+        past 1 FP per NP image) nothing is kept: recalls, detections and chance recalls 0
+        (:func:`pathodet.eval.cv.operating_point`).
 
     Raises:
         OSError: the run's ``fold.json``, ``train-ap.csv`` or training predictions are gone.
@@ -289,12 +291,7 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     preds = read_predictions(folder / "train-eval" / "predictions" / "predictions.csv",
                              images=gt.annotated)  # fmt: skip
     point = operating_point(preds, gt.annotated, threshold, SAME_CELL_IOU, gt.removed)
-    result = {"threshold": threshold, "t_recall": point["recall_at_1fp"],
-              "r_recall": point.get("r_recall_at_1fp"), "detections_per_image": None,
-              "chance": None}  # fmt: skip
-    if threshold is None:
-        return result
-    kept = above(preds, threshold)
+    kept = above(preds, threshold) if threshold is not None else {}
     cell_px = float(
         np.median(longer_side(np.concatenate([t.boxes for t in gt.annotated.values()])))
     )
@@ -305,9 +302,10 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
         for kind, distance in (("anywhere", None), ("one_cell", cell_px))
     }
     n_ap = sum(t.attribute == "AP" for t in gt.annotated.values())
-    result["detections_per_image"] = sum(len(p.scores) for p in kept.values()) / n_ap
-    result["chance"] = {**shifted, "cell_px": cell_px, "draws": CHANCE_DRAWS}
-    return result
+    return {"threshold": threshold, "t_recall": point["recall_at_1fp"],
+            "r_recall": point.get("r_recall_at_1fp"),
+            "detections_per_image": sum(len(p.scores) for p in kept.values()) / n_ap,
+            "chance": {**shifted, "cell_px": cell_px, "draws": CHANCE_DRAWS}}  # fmt: skip
 
 
 def in_size(folder: Path) -> dict:

@@ -47,9 +47,10 @@ def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
     """Add the figures a finished run under ``out`` lacks because it was made before they
     existed: :func:`~pathodet.bench.losses_real.in_size` and
     :func:`~pathodet.bench.losses_real.at_operating_point` with its chance recalls
-    (``result.json`` rewritten atomically); returns how many runs gained one. A run whose
-    files are gone (its predictions, ``train-ap.csv``, ``fold.json``, or the images they
-    name) is logged and left without them, and a restored run (:func:`restore`) is
+    (``result.json`` rewritten atomically), and those of a run with no 1-FP threshold
+    recorded when such a run got none (now zeros); returns how many runs gained one. A run
+    whose files are gone (its predictions, ``train-ap.csv``, ``fold.json``, or the images
+    they name) is logged and left without them, and a restored run (:func:`restore`) is
     skipped."""
     added = 0
     for path in sorted(out.glob("runs/*/*/*/fold-*/result.json")):
@@ -63,7 +64,7 @@ def add_figures(out: Path, log: Callable[[str], None] = print) -> int:
                 changed = True
             except (OSError, ValueError) as exc:  # files moved or deleted: that run goes without
                 log(f"{folder}: no in-size figures ({exc})")
-        if "chance" not in result["train"].get(AT_1FP, {}):
+        if result["train"].get(AT_1FP, {}).get("chance") is None:  # absent, or no 1-FP point
             try:
                 result["train"][AT_1FP] = at_operating_point(
                     folder, out, result["rate"], result.get("drop_seed", 0)

@@ -112,13 +112,18 @@ def operating_point(
     preds: dict[str, ImagePredictions], truth: dict[str, ImageBoxes], threshold: float | None,
     iou: float, removed: dict[str, ImageBoxes] | None = None,
 ) -> dict:  # fmt: skip
-    """Recall and precision of the detections scoring at least ``threshold`` (None: n/a);
-    with ``removed`` (boxes dropped by ``pathodet data drop``), also the R-recall of the
-    dropped boxes (``r_recall_at_1fp``; the recall is then the kept boxes' T-recall)."""
+    """Recall and precision of the detections scoring at least ``threshold``; with
+    ``removed`` (boxes dropped by ``pathodet data drop``), also the R-recall of the dropped
+    boxes (``r_recall_at_1fp``; the recall is then the kept boxes' T-recall).
+
+    ``threshold`` None (:func:`~pathodet.eval.metrics.operating_threshold` found none: no
+    detection at all, or the most confident already past 1 FP per NP image) keeps nothing:
+    recalls 0 and precision None, as FROC's point at 1 FP
+    (:func:`~pathodet.eval.metrics.froc_points`) counts it. A collapsed detector then
+    enters a mean over folds as 0 rather than dropping out of it."""
     extra = ["r_recall_at_1fp"] if removed is not None else []
-    if threshold is None:
-        return dict.fromkeys(["threshold_at_1fp", "precision_at_1fp", "recall_at_1fp", *extra])
-    m = evaluate(above(preds, threshold), truth, iou, removed)
+    kept = above(preds, threshold) if threshold is not None else {}
+    m = evaluate(kept, truth, iou, removed)
     return {"threshold_at_1fp": threshold, "precision_at_1fp": m["precision"],
             "recall_at_1fp": m["recall"], **{k: m["r_recall"] for k in extra}}  # fmt: skip
 
