@@ -408,6 +408,11 @@ def test_paired_gap_and_its_two_standard_error_mark():
     noisy = [result("dghm", 0, 0.1), result("dghm", 1, 0.5), result("focal", 0, 0.3),
              result("focal", 1, 0.2)]  # fmt: skip
     assert "*" not in "\n".join(table3_md(noisy, ["focal", "dghm"]))  # +0.2 and -0.3: no sign
+    # two folds that agree have a standard error near 0, but two pairs are not enough to mark
+    two = [result("dghm", 0, 0.1), result("dghm", 1, 0.3), result("focal", 0, 0.3),
+           result("focal", 1, 0.5001)]  # fmt: skip
+    two_table = "\n".join(table3_md(two, ["focal", "dghm"]))
+    assert "+0.200 ± 0.000 (2) |" in two_table and "*" not in two_table
     t4 = [result("dghm", 0, 0.2, 0.5, 0.7), result("ce", 0, 0.1, 0.5, 0.2)]
     t4[0]["train"]["at_1fp"] = {"threshold": 0.4, "t_recall": 0.45, "r_recall": 0.4}
     table = "\n".join(table4_md(t4, ["ce", "dghm"], [0.0, 0.5]))

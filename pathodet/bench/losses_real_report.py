@@ -4,7 +4,9 @@ DGHM-C paired by fold, and the curves of held-out FROC against training steps.
 
 A gap is paired: for each fold run by both methods at the same rate, the difference of
 their figures; reported as the mean difference ± its standard error (sample std over
-folds / sqrt(n)), marked ``*`` when larger than two standard errors.
+folds / sqrt(n)), marked ``*`` when larger than two standard errors and there are at
+least :data:`MARK_MIN_RUNS` pairs (with two, the standard error rests on one degree of
+freedom: two folds that happen to agree would be marked).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ PAPER_TABLE4 = {  # rate: method: (R-recall, FROC)
 """R-recall and FROC of the paper's Table 4 (one subset, a fully annotated test set)."""
 
 REFERENCE = "dghm"
+MARK_MIN_RUNS = 3  # pairs a gap needs before it may be marked *
 
 
 def _values(results: Sequence[dict], rate: float, method: str, key: str) -> dict[int, float]:
@@ -83,7 +86,7 @@ def _gap(values: dict[int, float], ref: dict[int, float]) -> str:
         return "-"
     if se is None:
         return f"{mean:+.3f} (1)"
-    star = " *" if abs(mean) > 2 * se else ""
+    star = " *" if n >= MARK_MIN_RUNS and abs(mean) > 2 * se else ""
     return f"{mean:+.3f} ± {se:.3f} ({n}){star}"
 
 
@@ -327,7 +330,8 @@ def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
     lines = [f"## Table 3 analogue: 0% dropped, {steps} steps", "",
              "Mean ± sample std over held-out folds (n); gap: the mean paired difference to "
              "DGHM-C over the folds both ran ± its standard error (n), * where it exceeds two "
-             "standard errors (with 3 folds a loose mark: a t-test's 95% needs 4.3). \"All\": "
+             "standard errors over at least 3 folds (with 3 a loose mark: a t-test's 95% "
+             "needs 4.3). \"All\": "
              "every detection kept by prediction (score at least 0.05, up to 2000 per image), "
              "the challenge's recall and NFP; FROC and recall at 1 FP per NP image rank them "
              "by score.", "",
