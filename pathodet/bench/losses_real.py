@@ -291,7 +291,7 @@ def at_operating_point(folder: Path, out: Path, rate: float, drop_seed: int = 0)
     preds = read_predictions(folder / "train-eval" / "predictions" / "predictions.csv",
                              images=gt.annotated)  # fmt: skip
     point = operating_point(preds, gt.annotated, threshold, SAME_CELL_IOU, gt.removed)
-    kept = above(preds, threshold) if threshold is not None else {}
+    kept = above(preds, threshold)  # None (no 1-FP point): nothing kept
     cell_px = float(
         np.median(longer_side(np.concatenate([t.boxes for t in gt.annotated.values()])))
     )

@@ -122,8 +122,7 @@ def operating_point(
     (:func:`~pathodet.eval.metrics.froc_points`) counts it. A collapsed detector then
     enters a mean over folds as 0 rather than dropping out of it."""
     extra = ["r_recall_at_1fp"] if removed is not None else []
-    kept = above(preds, threshold) if threshold is not None else {}
-    m = evaluate(kept, truth, iou, removed)
+    m = evaluate(above(preds, threshold), truth, iou, removed)
     return {"threshold_at_1fp": threshold, "precision_at_1fp": m["precision"],
             "recall_at_1fp": m["recall"], **{k: m["r_recall"] for k in extra}}  # fmt: skip
 

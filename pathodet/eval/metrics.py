@@ -182,8 +182,14 @@ def per_image(
     return rows
 
 
-def above(preds: Mapping[str, ImagePredictions], threshold: float) -> dict[str, ImagePredictions]:
-    """Each image's detections scoring at least ``threshold``."""
+def above(
+    preds: Mapping[str, ImagePredictions], threshold: float | None
+) -> dict[str, ImagePredictions]:
+    """Each image's detections scoring at least ``threshold``; None, the missing operating
+    point of :func:`operating_threshold` (no threshold reaches the FP rate), keeps nothing,
+    as :func:`froc_points` counts a rate the curve never reaches."""
+    if threshold is None:
+        return {}
     return {
         n: ImagePredictions(p.boxes[p.scores >= threshold], p.scores[p.scores >= threshold])
         for n, p in preds.items()
