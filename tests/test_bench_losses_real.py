@@ -31,9 +31,11 @@ from pathodet.bench.losses_real import (
     run_real_losses,
 )
 from pathodet.bench.losses_real_report import (
+    compute_md,
     coverage_md,
     drop_cost_md,
     in_size_md,
+    machine_label,
     paired_gap,
     table3_md,
     table4_md,
@@ -291,7 +293,9 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
                f"{r['test_in_size']['froc']:.3f} | {r['train']['t_recall']:.3f} | ")  # fmt: skip
         rr = r["train"]["r_recall"]
         row += ("-" if rr is None else f"{rr:.3f}") + " | "
-        row += f"{r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['commit'][:7]}"
+        m = r["machine"]  # the machine that ran this test, by name, kernels and precision
+        row += f"{r['minutes']:.0f} ({r['train_minutes']:.0f}) | {m['cpu_model']} "
+        row += f"({m['cpu_capability']}, {m['precision']}) | {r['commit'][:7]}"
         assert row in text
     (tmp_path / "docs" / "losses-real.md").write_text(
         text.replace("# Which", "# Reading\n\nkept\n\n# Which")
@@ -426,6 +430,25 @@ def test_paired_gap_and_its_two_standard_error_mark():
         "| 50% | DGHM-C | 0.700 (1) | - | 0.600 (1) | 0.400 (1) | 0.450 (1) | 0.200 (1) | - |"
         in table
     )
+
+
+def test_compute_line_gives_each_machine_its_hours():
+    def run(minutes, cpu, capability, precision, device="cpu", gpu=None):
+        machine = {"device": device, "cpu_model": cpu, "cpu_capability": capability,
+                   "precision": precision, **({"gpu": gpu} if gpu else {})}  # fmt: skip
+        return {"minutes": minutes, "machine": machine}
+
+    runs = [run(30, "Intel Xeon", "AVX512", "bf16"), run(48, "Intel Xeon", "AVX512", "bf16"),
+            run(150, "AMD EPYC", "AVX2", "fp32"),
+            run(6, "AMD EPYC", "AVX512", "bf16", "cuda", "NVIDIA H200"),
+            {"minutes": 12}]  # fmt: skip
+    assert machine_label(runs[2]) == "AMD EPYC (AVX2, fp32)"
+    assert machine_label(runs[3]) == "NVIDIA H200 (cuda, bf16)"  # the GPU, not its host CPU
+    (line,) = compute_md(runs)
+    # 246 minutes in all: 78 on the Xeon, 150 on the EPYC, 6 on the GPU, 12 unrecorded
+    assert line.startswith("5 runs, 4.1 hours of training, prediction and evaluation")
+    assert "? (?, ?): 0.2 h" in line and "AMD EPYC (AVX2, fp32): 2.5 h" in line
+    assert "Intel Xeon (AVX512, bf16): 1.3 h" in line and "NVIDIA H200 (cuda, bf16): 0.1 h" in line
 
 
 def test_drop_cost_pairs_each_run_with_the_same_fold_at_zero_and_with_dghm():

@@ -299,7 +299,8 @@ def runs_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
 
     order = {m: i for i, m in enumerate(methods)}
     lines = ["| drop | fold | method | held-out FROC | within trained size | T-recall | "
-             "R-recall | minutes (training) | commit |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "R-recall | minutes (training) | machine | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     chosen = [r for r in results if r["method"] in order]
     for r in sorted(chosen, key=lambda r: (r["rate"], r["fold"], order[r["method"]])):
         commit = r.get("commit") or "?"
@@ -308,18 +309,32 @@ def runs_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
                  fig(r["test"].get("froc")), fig(sized.get("froc")),
                  fig(r["train"].get("t_recall")), fig(r["train"].get("r_recall")),
                  f"{r.get('minutes', 0.0):.0f} ({r.get('train_minutes', 0.0):.0f})",
+                 machine_label(r),
                  commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+def machine_label(result: dict) -> str:
+    """The machine that made a run (``machine_record``), its kernels and the precision it
+    trained in: ``Intel(R) Xeon(R) Processor (AVX512, bf16)`` on a CPU (torch's CPU
+    capability), ``NVIDIA H200 (cuda, bf16)`` on a GPU. One grid's runs may come from
+    machines of different speed and precision."""
+    m = result.get("machine") or {}
+    if m.get("device") == "cuda":
+        return f"{m.get('gpu', '?')} (cuda, {m.get('precision', '?')})"
+    return f"{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}, {m.get('precision', '?')})"
+
+
 def compute_md(results: Sequence[dict]) -> list[str]:
-    """Total compute, and the machines that made the runs."""
-    minutes = sum(r.get("minutes", 0.0) for r in results)
-    machines = sorted({f"{(r.get('machine') or {}).get('cpu_model', '?')} "
-                       f"({(r.get('machine') or {}).get('precision', '?')})" for r in results})  # fmt: skip
-    return [f"{len(results)} runs, {minutes / 60:.1f} hours of training, prediction and "
-            f"evaluation in all, on: {'; '.join(machines)}."]  # fmt: skip
+    """Total compute, and the hours each machine (``machine_label``) gave."""
+    hours: dict[str, float] = {}
+    for r in results:
+        label = machine_label(r)
+        hours[label] = hours.get(label, 0.0) + r.get("minutes", 0.0) / 60
+    per_machine = "; ".join(f"{label}: {h:.1f} h" for label, h in sorted(hours.items()))
+    return [f"{len(results)} runs, {sum(hours.values()):.1f} hours of training, prediction "
+            f"and evaluation in all, on: {per_machine}."]  # fmt: skip
 
 
 def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
