@@ -327,14 +327,16 @@ def machine_label(result: dict) -> str:
 
 
 def compute_md(results: Sequence[dict]) -> list[str]:
-    """Total compute, and the hours each machine (``machine_label``) gave."""
+    """Total compute, and the hours each machine (``machine_label``) gave, most first. A
+    run resumed on another machine counts whole on the machine of its last segment."""
     hours: dict[str, float] = {}
     for r in results:
         label = machine_label(r)
         hours[label] = hours.get(label, 0.0) + r.get("minutes", 0.0) / 60
-    per_machine = "; ".join(f"{label}: {h:.1f} h" for label, h in sorted(hours.items()))
+    by_hours = sorted(hours.items(), key=lambda kv: (-kv[1], kv[0]))
+    per_machine = "; ".join(f"{h:.1f} h on {label}" for label, h in by_hours)
     return [f"{len(results)} runs, {sum(hours.values()):.1f} hours of training, prediction "
-            f"and evaluation in all, on: {per_machine}."]  # fmt: skip
+            f"and evaluation in all: {per_machine}."]  # fmt: skip
 
 
 def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
@@ -381,7 +383,8 @@ def report_md(results: Sequence[dict], steps: int, methods: Sequence[str],
              *curves_md([r for r in at if r["rate"] == 0], methods), "",
              "## Every run", "",
              "Minutes: wall time of training, prediction and evaluation (training alone in "
-             "brackets); commit: as recorded by the run's last segment.", "",
+             "brackets); machine: CPU (torch kernels, precision) or GPU (cuda, precision); "
+             "machine and commit: as recorded by the run's last segment.", "",
              *runs_md(at, methods), "",
              "## Compute", "", *compute_md(results), ""]  # fmt: skip
     return "\n".join(lines)
