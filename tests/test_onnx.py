@@ -187,6 +187,8 @@ def test_a_file_that_is_no_pathodet_onnx_is_refused_by_name(tmp_path):
         predict(PredictConfig(engine="torch"), bad, [tmp_path / "a.png"], tmp_path / "out")
 
 
+# the deliberately broken slide below is tried by every reader, PIL's TIFF reader too
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 def test_bench_slide_engines_agree_and_report_area_per_minute(checkpoint, export_calls, tmp_path):
     """`pathodet bench slide` with torch fp32 and ONNX Runtime fp32 on a small synthetic slide:
     one row per engine, the same detections (the parity tested above, through the slide
