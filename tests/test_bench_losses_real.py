@@ -35,7 +35,6 @@ from pathodet.bench.losses_real_report import (
     coverage_md,
     drop_cost_md,
     in_size_md,
-    machine_label,
     paired_gap,
     table3_md,
     table4_md,
@@ -43,6 +42,7 @@ from pathodet.bench.losses_real_report import (
 )
 from pathodet.bench.losses_real_results import add_figures, collect, restore
 from pathodet.cli import app
+from pathodet.core.machine import machine_label
 from pathodet.data.digestpath import DatasetError, read_manifest
 from pathodet.data.drop import REMOVED_DIR
 from pathodet.data.predictions import ImagePredictions
@@ -293,7 +293,7 @@ def test_runs_measure_curve_and_recall_then_resume_for_free(root, tmp_path):
                f"{r['test_in_size']['froc']:.3f} | {r['train']['t_recall']:.3f} | ")  # fmt: skip
         rr = r["train"]["r_recall"]
         row += ("-" if rr is None else f"{rr:.3f}") + " | "
-        row += f"{r['minutes']:.0f} ({r['train_minutes']:.0f}) | {machine_label(r)} | "
+        row += f"{r['minutes']:.0f} ({r['train_minutes']:.0f}) | {machine_label(r['machine'])} | "
         row += r["commit"][:7]  # the label's form: test_compute_line_gives_each_machine_its_hours
         assert row in text
     (tmp_path / "docs" / "losses-real.md").write_text(
@@ -441,8 +441,10 @@ def test_compute_line_gives_each_machine_its_hours():
             run(150, "AMD EPYC", "AVX2", "fp32"),
             run(6, "AMD EPYC", "AVX512", "bf16", "cuda", "NVIDIA H200"),
             {"minutes": 12}]  # fmt: skip
-    assert machine_label(runs[2]) == "AMD EPYC (AVX2, fp32)"
-    assert machine_label(runs[3]) == "NVIDIA H200 (cuda, bf16)"  # the GPU, not its host CPU
+    assert machine_label(runs[2]["machine"]) == "AMD EPYC (AVX2, fp32)"
+    assert (
+        machine_label(runs[3]["machine"]) == "NVIDIA H200 (cuda, bf16)"
+    )  # the GPU, not its host CPU
     (line,) = compute_md(runs)
     # 246 minutes in all: 78 on the Xeon, 150 on the EPYC, 6 on the GPU, 12 unrecorded
     assert line.startswith("5 runs, 4.1 hours of training, prediction and evaluation")

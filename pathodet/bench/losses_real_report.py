@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pathodet.bench.losses_methods import METHODS
 from pathodet.bench.losses_real import CHANCE_DRAWS
+from pathodet.core.machine import machine_label
 
 PAPER_TABLE3 = {"dghm": 0.819, "ghm": 0.743, "ce": 0.593, "sce": 0.559, "focal": 0.503}
 """5-fold FROC of the DGHM paper's Table 3 (ImageNet ResNet-18, full DigestPath, GPU)."""
@@ -309,29 +310,19 @@ def runs_md(results: Sequence[dict], methods: Sequence[str]) -> list[str]:
                  fig(r["test"].get("froc")), fig(sized.get("froc")),
                  fig(r["train"].get("t_recall")), fig(r["train"].get("r_recall")),
                  f"{r.get('minutes', 0.0):.0f} ({r.get('train_minutes', 0.0):.0f})",
-                 machine_label(r),
+                 machine_label(r.get("machine")),
                  commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def machine_label(result: dict) -> str:
-    """The machine that made a run (``machine_record``), its kernels and the precision it
-    trained in: ``Intel(R) Xeon(R) Processor (AVX512, bf16)`` on a CPU (torch's CPU
-    capability), ``NVIDIA H200 (cuda, bf16)`` on a GPU. One grid's runs may come from
-    machines of different speed and precision."""
-    m = result.get("machine") or {}
-    if m.get("device") == "cuda":
-        return f"{m.get('gpu', '?')} (cuda, {m.get('precision', '?')})"
-    return f"{m.get('cpu_model', '?')} ({m.get('cpu_capability', '?')}, {m.get('precision', '?')})"
-
-
 def compute_md(results: Sequence[dict]) -> list[str]:
-    """Total compute, and the hours each machine (``machine_label``) gave, most first. A
-    run resumed on another machine counts whole on the machine of its last segment."""
+    """Total compute, and the hours each machine (:func:`~pathodet.core.machine.machine_label`:
+    CPU or GPU, kernels, precision) gave, most first. A run resumed on another machine
+    counts whole on the machine of its last segment."""
     hours: dict[str, float] = {}
     for r in results:
-        label = machine_label(r)
+        label = machine_label(r.get("machine"))
         hours[label] = hours.get(label, 0.0) + r.get("minutes", 0.0) / 60
     by_hours = sorted(hours.items(), key=lambda kv: (-kv[1], kv[0]))
     per_machine = "; ".join(f"{h:.1f} h on {label}" for label, h in by_hours)

@@ -167,6 +167,17 @@ def machine_record(precision: str | None = None, device: torch.device | str = "c
     return record
 
 
+def machine_label(record: dict | None) -> str:
+    """A short name for the machine a :func:`machine_record` describes, with its kernels and
+    the precision it ran in: ``Intel(R) Xeon(R) Processor (AVX512, bf16)`` on a CPU (torch's
+    CPU capability), ``NVIDIA H200 (cuda, bf16)`` on a GPU. Made for tables whose rows come
+    from different machines; a key an older record lacks reads ``?``."""
+    r = record or {}
+    if r.get("device") == "cuda":
+        return f"{r.get('gpu', '?')} (cuda, {r.get('precision', '?')})"
+    return f"{r.get('cpu_model', '?')} ({r.get('cpu_capability', '?')}, {r.get('precision', '?')})"
+
+
 def machine_line(record: dict | None = None) -> str:
     """One line naming the CPU, its capability and the threads: the head of every timing."""
     r = record or machine_record()
